@@ -1,0 +1,106 @@
+"""The interface between the causal DiT and a KV-cache policy.
+
+The model never knows which policy it runs under. Per forward call it hands each layer's raw (post-norm,
+pre-RoPE) q, k, v of the current chunk to `CachePolicy.attend`, and gets back what to attend to: the
+queries' positions and a list of key/value spans, each with its own positions and optional per-token
+weights. The model rotates queries and keys with those positions, scales keys and values by the weights
+(spec §2.8) and runs scaled_dot_product_attention. Tensors are head-major: [B, H, L, D].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """What the sampler tells a policy about the chunk it is about to run."""
+
+    index: int  # chunk number in this run, 0-based
+    start_frame: int  # absolute latent frame of the chunk's first frame
+    num_frames: int
+    grid: tuple[int, int]  # token rows and columns per latent frame
+    scene_index: int = 0
+    scene_start_frame: int = 0  # absolute latent frame where the current scene began
+    transition: Any = None  # timeline.Transition when this chunk opens a new scene, else None
+    is_scene_end: bool = False  # last chunk of its scene
+    prefill: bool = False  # start latents given by the caller (written with commit passes only)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def end_frame(self) -> int:
+        return self.start_frame + self.num_frames
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """One forward call inside a chunk: a denoising step, or the commit (context) pass that writes clean K/V."""
+
+    step: int  # 0 for the first denoising call of the chunk; commit pass uses the step count
+    commit: bool
+
+
+@dataclass
+class KVSpan:
+    k: torch.Tensor  # [B, H, L, D] raw keys (not rotated)
+    v: torch.Tensor  # [B, H, L, D]
+    positions: torch.Tensor  # [L, 3] long (t, y, x)
+    weights: torch.Tensor | None = None  # [L]; multiplies rotated keys and values
+
+
+@dataclass
+class AttentionInputs:
+    q_positions: torch.Tensor  # [Lq, 3]
+    spans: list[KVSpan] = field(default_factory=list)
+
+
+class CachePolicy(ABC):
+    """A per-run KV cache and the rule for what it keeps. One instance serves all layers of one model."""
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self.chunk: ChunkInfo | None = None
+        self.call: CallInfo | None = None
+
+    def begin_chunk(self, chunk: ChunkInfo) -> None:
+        """Called once before the chunk's first forward call; a policy plans slots and scene switches here."""
+        self.chunk = chunk
+
+    def begin_call(self, call: CallInfo) -> None:
+        self.call = call
+
+    @abstractmethod
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionInputs:
+        """Store this call's k/v for the chunk and return what layer `layer` attends to."""
+
+    def end_chunk(self) -> dict[str, Any]:
+        """Called after the commit pass; returns a JSON-able report of the cache state."""
+        return {"cache_tokens": self.token_count(), "cache_bytes": self.nbytes()}
+
+    @abstractmethod
+    def token_count(self, layer: int = 0) -> int:
+        """Tokens currently held for `layer` (what the next chunk would attend to, besides itself)."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of K/V held by this policy across all layers."""
+
+    def release(self) -> None:
+        """Free every tensor; the policy is unusable afterwards."""
+
+    def _require_chunk(self) -> ChunkInfo:
+        if self.chunk is None:
+            raise RuntimeError("CachePolicy.begin_chunk must be called before attend")
+        return self.chunk
+
+    def _require_call(self) -> CallInfo:
+        if self.call is None:
+            raise RuntimeError("CachePolicy.begin_call must be called before attend")
+        return self.call
