@@ -1,0 +1,174 @@
+"""Self-Forcing's chunked few-step sampler, as a generator of finished chunks.
+
+Per chunk: start from Gaussian noise, denoise over a few (warped) timesteps predicting x0 from the
+flow-matching velocity and re-noising between steps, then run the model once more on the clean chunk (the
+commit pass, at timestep `context_noise`) so the cache stores clean K/V for the chunks that follow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import torch
+
+from echo_core.cache.base import CachePolicy, CallInfo, ChunkInfo
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    denoising_steps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
+    warp_denoising_step: bool = True
+    shift: float = 5.0
+    num_train_timesteps: int = 1000
+    context_noise: float = 0.0  # timestep of the commit pass; the clean chunk is passed as is (official)
+    frames_per_chunk: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.denoising_steps:
+            raise ValueError("denoising_steps must list at least one timestep, e.g. 1000,750,500,250")
+        for t in self.denoising_steps:
+            if not 0 < t <= self.num_train_timesteps:
+                raise ValueError(f"denoising_steps entries must lie in (0, {self.num_train_timesteps}], got {t}")
+        if list(self.denoising_steps) != sorted(self.denoising_steps, reverse=True):
+            raise ValueError(f"denoising_steps must be decreasing, got {list(self.denoising_steps)}")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be > 0, got {self.shift}")
+        if self.frames_per_chunk < 1:
+            raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
+        if not 0 <= self.context_noise < self.num_train_timesteps:
+            raise ValueError(f"context_noise must lie in [0, {self.num_train_timesteps}), got {self.context_noise}")
+
+    def timesteps(self) -> list[float]:
+        """The timesteps actually used, after Self-Forcing's warp through the shifted 1000-step table."""
+        if not self.warp_denoising_step:
+            return [float(t) for t in self.denoising_steps]
+        n = self.num_train_timesteps
+        sigmas = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)[:-1]
+        shifted = self.shift * sigmas / (1 + (self.shift - 1) * sigmas)
+        table = torch.cat((shifted * n, torch.zeros(1, dtype=torch.float64)))
+        return [float(table[n - int(round(t))]) for t in self.denoising_steps]
+
+
+class CausalModel(Protocol):
+    def encode_text(self, context: torch.Tensor) -> Any: ...
+
+    def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, text: Any, cache: CachePolicy) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """Which scene each chunk belongs to and where transitions happen (a Timeline satisfies this shape)."""
+
+    total_chunks: int
+    scene_starts: tuple[int, ...] = (0,)  # first chunk of every scene, increasing, starting at 0
+    transitions: tuple[Any, ...] = ()  # one per scene boundary, aligned with scene_starts[1:]
+
+    @classmethod
+    def single(cls, total_chunks: int) -> "ScenePlan":
+        return cls(total_chunks)
+
+    @classmethod
+    def from_timeline(cls, timeline: Any) -> "ScenePlan":
+        return cls(timeline.total_chunks, tuple(s.start_chunk for s in timeline.scenes), tuple(timeline.transitions))
+
+    def scene_of(self, chunk: int) -> int:
+        return sum(1 for s in self.scene_starts if s <= chunk) - 1
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    latents: torch.Tensor  # [B, C, f, H, W] clean x0 of this chunk, float32
+    info: ChunkInfo
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Tensor], plan: ScenePlan, *,
+             latent_shape: tuple[int, int, int], seed: int, config: SamplerConfig = SamplerConfig(),
+             patch: tuple[int, int] = (2, 2), start_latents: torch.Tensor | None = None,
+             device: torch.device | str = "cpu", batch: int = 1,
+             on_step: Callable[[int, int], None] | None = None) -> Iterator[ChunkResult]:
+    """Yield each finished chunk of a video with `plan.total_chunks` chunks.
+
+    contexts: one text embedding per scene ([L, text_dim] or [1, L, text_dim]). latent_shape: (C, H, W) of a latent
+    frame. start_latents [B, C, F0, H, W]: frames written into the cache first (commit passes only); generation
+    continues after them. on_step(chunk, step) is called before every model call (interrupt hooks raise there).
+    """
+    if len(contexts) != len(plan.scene_starts):
+        raise ValueError(f"got {len(contexts)} text embeddings for {len(plan.scene_starts)} scenes")
+    c, h, w = latent_shape
+    fpc = config.frames_per_chunk
+    grid = (h // patch[0], w // patch[1])
+    timesteps = config.timesteps()
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    texts: dict[int, Any] = {}
+
+    def text_of(scene: int) -> Any:
+        if scene not in texts:  # cross-attention K/V are made once per prompt, when the scene starts
+            texts.clear()
+            texts[scene] = model.encode_text(contexts[scene].to(device))
+        return texts[scene]
+
+    def run(x: torch.Tensor, t: float, call: CallInfo, text: Any) -> torch.Tensor:
+        cache.begin_call(call)
+        tt = torch.full((x.shape[0],), float(t), device=device)
+        return model.forward_chunk(x, tt, text, cache).float()
+
+    frame = 0
+    if start_latents is not None:
+        if start_latents.ndim != 5 or tuple(start_latents.shape[1:2]) + tuple(start_latents.shape[3:]) != (c, h, w):
+            raise ValueError(f"start_latents must be [B, {c}, F, {h}, {w}], got {tuple(start_latents.shape)}")
+        for i, f0 in enumerate(range(0, start_latents.shape[2], fpc)):
+            part = start_latents[:, :, f0:f0 + fpc].to(device)
+            info = ChunkInfo(index=-1 - i, start_frame=f0, num_frames=part.shape[2], grid=grid, prefill=True)
+            cache.begin_chunk(info)
+            run(part, config.context_noise, CallInfo(len(timesteps), True), text_of(0))
+            cache.end_chunk()
+        frame = start_latents.shape[2]
+
+    for chunk in range(plan.total_chunks):
+        scene = plan.scene_of(chunk)
+        starts = plan.scene_starts
+        opens = chunk == starts[scene] and scene > 0
+        info = ChunkInfo(index=chunk, start_frame=frame, num_frames=fpc, grid=grid, scene_index=scene,
+                         scene_start_frame=frame - (chunk - starts[scene]) * fpc,
+                         transition=plan.transitions[scene - 1] if opens else None,
+                         is_scene_end=chunk + 1 == plan.total_chunks or (scene + 1 < len(starts)
+                                                                        and chunk + 1 == starts[scene + 1]))
+        t0 = time.perf_counter()
+        cache.begin_chunk(info)
+        text = text_of(scene)
+        shape = (batch, c, fpc, h, w)
+        x = torch.randn(shape, generator=gen).to(device)
+        x0 = x
+        for step, t in enumerate(timesteps):
+            if on_step is not None:
+                on_step(chunk, step)
+            v = run(x, t, CallInfo(step, False), text)
+            sigma = t / config.num_train_timesteps
+            x0 = x.float() - sigma * v
+            if step + 1 < len(timesteps):
+                nxt = timesteps[step + 1] / config.num_train_timesteps
+                x = (1 - nxt) * x0 + nxt * torch.randn(shape, generator=gen).to(device)
+        if on_step is not None:
+            on_step(chunk, len(timesteps))
+        run(x0, config.context_noise, CallInfo(len(timesteps), True), text)
+        report = cache.end_chunk()
+        report.update(chunk=chunk, scene=scene, start_frame=frame, wall_s=time.perf_counter() - t0)
+        yield ChunkResult(chunk, x0, info, report)
+        frame += fpc
+
+
+def sample_video(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Tensor], plan: ScenePlan,
+                 **kwargs) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Run `generate` to the end: latents [B, C, F, H, W] (start latents included) and the per-chunk reports."""
+    chunks, reports = [], []
+    start = kwargs.get("start_latents")
+    if start is not None:
+        chunks.append(start.float().cpu())
+    for result in generate(model, cache, contexts, plan, **kwargs):
+        chunks.append(result.latents.cpu())
+        reports.append(result.report)
+    return torch.cat(chunks, dim=2), reports
