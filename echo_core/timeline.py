@@ -1,0 +1,385 @@
+"""The prompt-timeline language: scenes, durations, transition markers and subtitles.
+
+Restates spec §6.1 (official `parse_scene_segments` / `calculate_latent_frames_from_duration` /
+`_seconds_to_blocks`), the "Timeline markers" decision and §11 item 11. Defaults reproduce the official
+behaviour, quirks included (floored chunks per scene, last scene absorbs the remainder, outgoing markers).
+
+Grammar (one timeline per text)::
+
+    timeline  := scenes [ ";" subtitles ]
+    scenes    := scene ( "|" scene )*          empty parts are dropped
+    scene     := prompt text with at most one tag anywhere in it
+    tag       := "[" number "s" [ "#" | "@" [ N ] ] "]"   spaces allowed inside, decimals allowed
+    subtitles := text ( "|" text )*            padded with "" / truncated to the scene count
+
+`@N` (1-based scene number) is our extension: recall scene N by hand instead of automatic routing.
+Unlike the official regex, anything in square brackets that is not a valid tag is an error rather than
+prompt text: there is no escape syntax, so brackets are reserved for tags.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "MarkerSemantics",
+    "Scene",
+    "Timeline",
+    "TimelineError",
+    "Transition",
+    "TransitionMode",
+    "parse_timeline",
+]
+
+
+class TransitionMode(str, Enum):
+    SMOOTH = "smooth"
+    HARDCUT = "hardcut"
+    RECALL = "recall"
+
+
+class MarkerSemantics(str, Enum):
+    OUTGOING = "outgoing"  # official: marker on scene i = transition i -> i+1 (last marker ignored)
+    INCOMING = "incoming"  # marker on scene i = how scene i is entered (first marker ignored)
+
+
+MARKER_MODES = {"#": TransitionMode.HARDCUT, "@": TransitionMode.RECALL}
+TAG_FIX = "write the duration as [10s], [10s#] or [10s@] (or [10s@N] to recall scene N by hand)"
+MAX_SECONDS = 86_400.0  # one day; keeps chunk counts and float sums finite
+NO_ESCAPE = "square brackets are reserved for duration tags and cannot be escaped; use ( ) in prompt text"
+
+
+class TimelineError(ValueError):
+    """A timeline that cannot be parsed. `scene_index` is 0-based, `column` a 0-based offset in the text."""
+
+    def __init__(self, message: str, *, scene_index: int | None = None, column: int | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.scene_index = scene_index
+        self.column = column
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Scene:
+    index: int  # 0-based
+    prompt: str  # tag removed, whitespace stripped
+    seconds: float | None
+    marker: str | None  # "#", "@" or None, as written (an ignored marker is still recorded)
+    recall_source: int | None  # 1-based scene number from an inline "@N"
+    start_chunk: int
+    num_chunks: int
+
+    @property
+    def end_chunk(self) -> int:
+        return self.start_chunk + self.num_chunks
+
+
+@dataclass(frozen=True)
+class Transition:
+    at_chunk: int  # first chunk of `to_scene`
+    from_scene: int
+    to_scene: int
+    mode: TransitionMode
+    recall_source: int | None  # 0-based scene requested by hand; None = automatic routing
+
+
+@dataclass(frozen=True)
+class Timeline:
+    scenes: tuple[Scene, ...]
+    transitions: tuple[Transition, ...]
+    subtitles: tuple[str, ...]
+    fps: float
+    frames_per_chunk: int
+    total_chunks: int
+    temporal_compression: int = 4
+
+    def __post_init__(self) -> None:
+        # Guards from_dict and hand-built timelines: chunks must tile [0, total_chunks) exactly.
+        if not self.scenes:
+            raise TimelineError("a timeline needs at least one scene", field="scenes")
+        pos = 0
+        for i, s in enumerate(self.scenes):
+            if s.index != i or s.start_chunk != pos or s.num_chunks < 1:
+                raise TimelineError(f"scene {i + 1} does not continue the chunk tiling at chunk {pos}",
+                                    scene_index=i, field="scenes")
+            pos = s.end_chunk
+        if pos != self.total_chunks:
+            raise TimelineError(f"scene chunks sum to {pos}, total_chunks is {self.total_chunks}",
+                                field="total_chunks")
+        expected = [(s.start_chunk, s.index - 1, s.index) for s in self.scenes[1:]]
+        if [(t.at_chunk, t.from_scene, t.to_scene) for t in self.transitions] != expected:
+            raise TimelineError("transitions must sit at every scene boundary, in order", field="transitions")
+        if len(self.subtitles) != len(self.scenes):
+            raise TimelineError("one subtitle per scene is required", field="subtitles")
+
+    @property
+    def latent_frames(self) -> int:
+        return self.total_chunks * self.frames_per_chunk
+
+    @property
+    def video_frames(self) -> int:
+        # Wan VAE: the first latent frame decodes to 1 frame, every other one to `temporal_compression`.
+        return self.temporal_compression * (self.latent_frames - 1) + 1
+
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        return tuple(t.at_chunk for t in self.transitions)
+
+    def scene_at_chunk(self, chunk: int) -> Scene:
+        if not 0 <= chunk < self.total_chunks:
+            raise IndexError(f"chunk {chunk} is outside the timeline (0..{self.total_chunks - 1})")
+        return self.scenes[bisect.bisect_right(self.boundaries, chunk)]
+
+    def transition_at_chunk(self, chunk: int) -> Transition | None:
+        """The transition that happens right before `chunk` is generated, if `chunk` starts a scene > 0."""
+        i = bisect.bisect_left(self.boundaries, chunk)
+        if i < len(self.transitions) and self.transitions[i].at_chunk == chunk:
+            return self.transitions[i]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "scenes": [{"index": s.index, "prompt": s.prompt, "seconds": s.seconds, "marker": s.marker,
+                        "recall_source": s.recall_source, "start_chunk": s.start_chunk,
+                        "num_chunks": s.num_chunks} for s in self.scenes],
+            "transitions": [{"at_chunk": t.at_chunk, "from_scene": t.from_scene, "to_scene": t.to_scene,
+                             "mode": t.mode.value, "recall_source": t.recall_source} for t in self.transitions],
+            "subtitles": list(self.subtitles),
+            "fps": self.fps,
+            "frames_per_chunk": self.frames_per_chunk,
+            "temporal_compression": self.temporal_compression,
+            "total_chunks": self.total_chunks,
+            # Derived, for viewers (the timeline editor); ignored by from_dict.
+            "latent_frames": self.latent_frames,
+            "video_frames": self.video_frames,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Timeline:
+        try:
+            return cls(
+                scenes=tuple(Scene(**s) for s in d["scenes"]),
+                transitions=tuple(Transition(**{**t, "mode": TransitionMode(t["mode"])})
+                                  for t in d["transitions"]),
+                subtitles=tuple(d["subtitles"]),
+                fps=d["fps"],
+                frames_per_chunk=d["frames_per_chunk"],
+                total_chunks=d["total_chunks"],
+                temporal_compression=d.get("temporal_compression", 4),
+            )
+        except (KeyError, TypeError) as e:
+            raise TimelineError(f"not a serialised timeline: {e}", field="dict") from e
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+@dataclass(frozen=True)
+class _Part:
+    index: int
+    column: int  # offset of the stripped part in the original text
+    raw: str  # stripped part text
+
+
+@dataclass(frozen=True)
+class _Tag:
+    seconds: float
+    marker: str | None
+    recall_source: int | None
+    marker_column: int  # column of the marker (or of '[' when there is none) in the original text
+
+
+_NUM = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
+_TAG_BODY = re.compile(rf"\s*(?P<num>{_NUM})?\s*(?P<unit>[^\W\d_]+)?\s*(?P<rest>.*?)\s*", re.DOTALL)
+
+
+def _name(part: _Part) -> str:
+    preview = part.raw if len(part.raw) <= 24 else part.raw[:24].rstrip() + " ..."
+    return f"scene {part.index + 1} ({preview!r})"
+
+
+def _fail(part: _Part, column: int, field: str, what: str) -> TimelineError:
+    return TimelineError(f"{_name(part)}, column {column}: {what}", scene_index=part.index,
+                         column=column, field=field)
+
+
+def _split_parts(scene_text: str) -> list[_Part]:
+    parts, start = [], 0
+    for piece in scene_text.split("|"):
+        stripped = piece.strip()
+        if stripped:
+            parts.append(_Part(len(parts), start + piece.index(stripped[0]), stripped))
+        start += len(piece) + 1
+    return parts
+
+
+def _parse_tag(part: _Part, body: str, col: int) -> _Tag:
+    """Parse the text between '[' (at column `col`) and ']'."""
+    m = _TAG_BODY.fullmatch(body)
+    assert m is not None  # every group is optional
+    at = lambda g: col + 1 + m.start(g)  # column of a group inside the tag
+    num, unit, rest = m["num"], m["unit"], m["rest"]
+    shown = f"'[{body}]'"
+    if not body.strip():
+        raise _fail(part, col, "duration", f"empty brackets '[]'; {TAG_FIX}")
+    if num is None:
+        raise _fail(part, col, "duration", f"{shown} is not a duration tag (no number of seconds); "
+                    f"{TAG_FIX}; {NO_ESCAPE}")
+    seconds = float(num)
+    if not 0 < seconds <= MAX_SECONDS:
+        raise _fail(part, at("num"), "duration", f"duration {num!r} in {shown} must be a positive number of "
+                    f"seconds, at most {MAX_SECONDS:g}; {TAG_FIX}")
+    if unit is None:
+        found = f", found {rest[0]!r}" if rest else ""
+        raise _fail(part, at("rest") if rest else col + len(body) + 1, "unit",
+                    f"{shown} has no unit: expected 's' after the number{found}; {TAG_FIX}")
+    if unit != "s":
+        raise _fail(part, at("unit"), "unit",
+                    f"unknown unit {unit!r} in {shown}: only seconds ('s') are supported; {TAG_FIX}")
+    if rest in ("", "#", "@"):
+        return _Tag(seconds, rest or None, None, at("rest") if rest else col)
+    m_recall = re.fullmatch(r"@\s*([0-9]+)", rest)
+    if m_recall:
+        n = int(m_recall[1])
+        if n < 1:
+            raise _fail(part, at("rest"), "recall_source", f"{shown}: scenes are numbered from 1; {TAG_FIX}")
+        return _Tag(seconds, "@", n, at("rest"))
+    if re.fullmatch(r"#\s*[0-9]+", rest):
+        raise _fail(part, at("rest"), "marker",
+                    f"{shown}: a scene number can only follow '@' (recall), not '#'; {TAG_FIX}")
+    raise _fail(part, at("rest"), "marker",
+                f"unknown marker {rest!r} in {shown}: use '#' for a hard cut, '@' for a recall or nothing for "
+                f"the default transition; {TAG_FIX}")
+
+
+def _parse_part(part: _Part) -> tuple[str, _Tag | None]:
+    """Split one scene into prompt text and its (at most one) tag; columns refer to the original text."""
+    text, tag, pieces, i = part.raw, None, [], 0
+    while True:
+        j_open, j_close = text.find("[", i), text.find("]", i)
+        if j_close != -1 and (j_open == -1 or j_close < j_open):
+            raise _fail(part, part.column + j_close, "tag",
+                        f"stray ']' without a matching '['; {TAG_FIX}; {NO_ESCAPE}")
+        if j_open == -1:
+            pieces.append(text[i:])
+            break
+        nxt_open = text.find("[", j_open + 1)
+        if j_close == -1 or (nxt_open != -1 and nxt_open < j_close):
+            raise _fail(part, part.column + j_open, "tag",
+                        f"unclosed '[' (a '|', ';' or another '[' comes before ']'); {TAG_FIX}; {NO_ESCAPE}")
+        parsed = _parse_tag(part, text[j_open + 1:j_close], part.column + j_open)
+        if tag is not None:
+            raise _fail(part, part.column + j_open, "duration",
+                        f"more than one duration tag ('{text[j_open:j_close + 1]}'); keep one tag per scene")
+        tag = parsed
+        pieces.append(text[i:j_open])
+        i = j_close + 1
+    # Join the text around a removed tag with a single space ("a [10s] cat" -> "a cat").
+    prompt = " ".join(p.strip() for p in pieces if p.strip())
+    if not prompt:
+        raise _fail(part, part.column, "prompt", "the scene has no prompt text, only a tag; write what the "
+                    "scene shows before or after the tag, e.g. 'a cat on a sofa [10s]'")
+    return prompt, tag
+
+
+def _check_positive(name: str, value: Any, integer: bool) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not 0 < value < float("inf"):
+        kind = "a positive integer" if integer else "a positive number"
+        raise TimelineError(f"{name} must be {kind}, got {value!r}", field=name)
+
+
+def parse_timeline(text: str, *, fps: float = 16, frames_per_chunk: int = 3, temporal_compression: int = 4,
+                   default_mode: TransitionMode | str = TransitionMode.SMOOTH, default_chunks_per_scene: int = 21,
+                   marker_semantics: MarkerSemantics | str = MarkerSemantics.OUTGOING,
+                   total_latent_frames: int | None = None) -> Timeline:
+    """Parse a timeline (spec §6.1). Chunk arithmetic generalises the official formulas to
+    `fpc = frames_per_chunk`, `tc = temporal_compression`:
+
+    * chunks of a scene with duration d: `max(1, int(d*fps / (tc*fpc)))`; without: `default_chunks_per_scene`;
+    * if every scene has a duration, latent frames `F = max(fpc, ceil((int(Σd*fps) // tc) / fpc) * fpc)`
+      (`total_latent_frames` is ignored, as the official `--num_output_frames` is); otherwise
+      `F = total_latent_frames` rounded up to a multiple of fpc, or the sum of the scenes' chunks;
+    * the last scene gets all chunks the others leave (§11 item 11).
+    """
+    if not isinstance(text, str):
+        raise TimelineError(f"the timeline must be text, got {type(text).__name__}", field="text")
+    _check_positive("fps", fps, integer=False)
+    for name, value in (("frames_per_chunk", frames_per_chunk), ("temporal_compression", temporal_compression),
+                        ("default_chunks_per_scene", default_chunks_per_scene)):
+        _check_positive(name, value, integer=True)
+    try:
+        default_mode = TransitionMode(default_mode)
+        marker_semantics = MarkerSemantics(marker_semantics)
+    except ValueError as e:
+        raise TimelineError(f"{e}; choose one of {[m.value for m in TransitionMode]} for default_mode and "
+                            f"{[m.value for m in MarkerSemantics]} for marker_semantics", field="mode") from e
+    if total_latent_frames is not None:
+        _check_positive("total_latent_frames", total_latent_frames, integer=True)
+
+    scene_text, sep, subtitle_text = text.partition(";")
+    parts = _split_parts(scene_text)
+    if not parts:
+        raise TimelineError("the timeline has no scenes; write prompts separated by '|', e.g. "
+                            "'a cat on a sofa [10s] | the cat jumps down [5s#]'", column=0, field="text")
+    parsed = [_parse_part(p) for p in parts]
+    n = len(parts)
+
+    # Manual recall "@N" must name a scene that is finished before the destination scene starts.
+    outgoing = marker_semantics is MarkerSemantics.OUTGOING
+    for part, (_, tag) in zip(parts, parsed):
+        if tag is None or tag.recall_source is None:
+            continue
+        dest = part.index + 1 if outgoing else part.index
+        ignored = dest >= n if outgoing else dest == 0
+        col = tag.marker_column
+        if ignored:
+            which = "last" if outgoing else "first"
+            raise _fail(part, col, "recall_source",
+                        f"'@{tag.recall_source}' is on the {which} scene, whose marker has no transition "
+                        f"({marker_semantics.value} markers); remove the scene number or move the marker")
+        if not 1 <= tag.recall_source <= dest:
+            raise _fail(part, col, "recall_source",
+                        f"'@{tag.recall_source}' must name an earlier scene than scene {dest + 1} (which it "
+                        f"enters), i.e. a number from 1 to {dest}")
+
+    fpc, tc = frames_per_chunk, temporal_compression
+    chunks = [default_chunks_per_scene if tag is None else max(1, int(tag.seconds * fps / (tc * fpc)))
+              for _, tag in parsed]
+    if all(tag is not None for _, tag in parsed):
+        video = int(sum(tag.seconds for _, tag in parsed) * fps)
+        latent = max(fpc, -(-(video // tc) // fpc) * fpc)
+    elif total_latent_frames is not None:
+        latent = -(-total_latent_frames // fpc) * fpc
+    else:
+        latent = sum(chunks) * fpc
+    total_chunks = latent // fpc
+    others = sum(chunks[:-1])
+    if total_chunks - others < 1:
+        raise _fail(parts[-1], parts[-1].column, "duration",
+                    f"the scenes before it need {others} chunks ({others * fpc} latent frames) but the timeline "
+                    f"has only {total_chunks} ({latent} latent frames), leaving none for the last scene; "
+                    f"lengthen the last scene or raise total_latent_frames")
+    chunks[-1] = total_chunks - others
+
+    scenes, start = [], 0
+    for part, (prompt, tag), count in zip(parts, parsed, chunks):
+        scenes.append(Scene(part.index, prompt, None if tag is None else tag.seconds,
+                            None if tag is None else tag.marker, None if tag is None else tag.recall_source,
+                            start, count))
+        start += count
+    transitions = []
+    for i in range(n - 1):
+        src = scenes[i] if outgoing else scenes[i + 1]
+        mode = MARKER_MODES.get(src.marker or "", default_mode)
+        manual = None if src.recall_source is None else src.recall_source - 1
+        transitions.append(Transition(scenes[i + 1].start_chunk, i, i + 1, mode, manual))
+
+    subs = [s.strip() for s in subtitle_text.split("|")] if sep else []
+    subs = (subs + [""] * n)[:n]
+    return Timeline(tuple(scenes), tuple(transitions), tuple(subs), fps, fpc, total_chunks, tc)
