@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create/refresh the repo's .venv and the ComfyUI test host. Idempotent: a finished install leaves a
+# marker keyed on the pins and requirement files, and a second run only checks markers (about 1 s).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+# The ComfyUI host owns torch, so requirements.txt does not list it; this pair lies on local disk
+# here and is the one pair whose torchvision imports beside it (see shared/comfy_host.md).
+TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
+
+if [ ! -x "$PY" ]; then
+    echo "setup_env: creating $VENV"
+    python3 -m venv "$VENV"
+fi
+
+stamp="$( { echo "${TORCH_PINS[*]}"; cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt"; } \
+          | sha256sum | cut -c1-16)"
+marker="$VENV/.echo-setup-$stamp"
+if [ ! -f "$marker" ]; then
+    echo "setup_env: installing torch pair and requirements into $VENV"
+    "$PY" -m pip install -q "${TORCH_PINS[@]}" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt" 2>&1 \
+        | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+    rm -f "$VENV"/.echo-setup-*
+    touch "$marker"
+fi
+
+bash "$ROOT/scripts/prepare_comfy_host.sh" >/dev/null
