@@ -77,8 +77,14 @@ class NotAWanCheckpointError(ValueError):
     """The tensors do not describe a Wan2.1 text-to-video DiT."""
 
 
-def infer_config(state_dict: Mapping[str, torch.Tensor]) -> WanConfig:
-    """Read the architecture from tensor shapes of a state dict in Wan key names (no prefix)."""
+CONFIG_METADATA_KEY = "echo_forcing.config"  # safetensors metadata entry holding WanConfig.to_dict() as JSON
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> WanConfig:
+    """Read the architecture from tensor shapes of a state dict in Wan key names (no prefix).
+
+    Head count and text length are invisible in shapes: a config stated in `metadata` (written by our
+    `save_checkpoint`) wins, then a preset whose visible geometry matches, then Wan's 128-dim-head guess."""
     required = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
                 "head.head.weight", "blocks.0.self_attn.q.weight", "blocks.0.ffn.0.weight")
     missing = [k for k in required if k not in state_dict]
@@ -99,7 +105,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> WanConfig:
         raise NotAWanCheckpointError("this is a Wan image-to-video checkpoint; an autoregressive T2V DiT is expected")
     norm_q = state_dict.get("blocks.0.self_attn.norm_q.weight")
     head_dim = _guess_head_dim(dim)
-    return WanConfig(
+    shaped = WanConfig(
         dim=dim,
         ffn_dim=int(state_dict["blocks.0.ffn.0.weight"].shape[0]),
         num_heads=dim // head_dim,
@@ -113,6 +119,40 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> WanConfig:
         cross_attn_norm="blocks.0.norm3.weight" in state_dict,
         text_len=512 if dim >= 1024 else PRESETS["tiny"].text_len,
     )
+    stated = _config_from_metadata(metadata)
+    if stated is not None:
+        _check_same_geometry(stated, shaped, "the config stored in the file's metadata")
+        return stated
+    for preset in PRESETS.values():
+        if all(getattr(preset, f) == getattr(shaped, f) for f in _SHAPE_FIELDS):
+            return preset
+    return shaped
+
+
+# Fields that tensor shapes reveal; the others (num_heads, text_len, eps) need metadata or a preset.
+_SHAPE_FIELDS = ("dim", "ffn_dim", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim", "patch_size",
+                 "qk_norm", "cross_attn_norm")
+
+
+def _config_from_metadata(metadata: Mapping[str, str] | None) -> WanConfig | None:
+    if not metadata or CONFIG_METADATA_KEY not in metadata:
+        return None
+    import json
+
+    try:
+        return WanConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+    except (ValueError, TypeError) as e:
+        raise NotAWanCheckpointError(
+            f"metadata entry {CONFIG_METADATA_KEY!r} is not a valid WanConfig JSON ({e}); "
+            "remove the entry or re-save the file with save_checkpoint") from None
+
+
+def _check_same_geometry(stated: WanConfig, shaped: WanConfig, source: str) -> None:
+    diffs = [f"{f}: stated {getattr(stated, f)!r}, tensors say {getattr(shaped, f)!r}"
+             for f in _SHAPE_FIELDS if getattr(stated, f) != getattr(shaped, f)]
+    if diffs:
+        raise NotAWanCheckpointError(f"{source} disagrees with the tensor shapes ({'; '.join(diffs)}); "
+                                     "the file was edited after saving - re-save it with save_checkpoint")
 
 
 def _guess_head_dim(dim: int) -> int:
