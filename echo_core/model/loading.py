@@ -98,7 +98,7 @@ def load_causal_wan(path: str | Path, *, dtype: torch.dtype | str = torch.bfloat
     cfg = ckpt.config if num_heads is None else _with_heads(ckpt.config, num_heads)
     model = _build(cfg, sd, target, device, path)
     meta = dict(ckpt.metadata, **({"lora": str(lora_path), "lora_strength": lora_strength} if lora_path else {}))
-    return model, LoadedCheckpoint(sd, cfg, layout, ckpt.frames_per_chunk, meta)
+    return model, LoadedCheckpoint(dict(model.state_dict()), cfg, layout, ckpt.frames_per_chunk, meta)
 
 
 def save_checkpoint(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], path: str | Path, *,
