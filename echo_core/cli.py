@@ -141,7 +141,9 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
 
         echo_config = EchoConfig.from_json(args.memory_config.read_text())
     contexts = _contexts(args, timeline, cfg)
-    router = _router(timeline, echo_config, contexts, cfg.text_dim if args.preset else None) if args.memory == "echo" else None
+    router = None
+    if args.memory == "echo":
+        router = _router(timeline, echo_config, contexts, cfg.text_dim if args.preset else None)
     cache = make_cache(args.memory, cfg.num_layers, echo_config=echo_config, router=router)
     latents, reports = [], []
     with torch.no_grad():

@@ -222,7 +222,10 @@ def _parse_tag(part: _Part, body: str, col: int) -> _Tag:
     """Parse the text between '[' (at column `col`) and ']'."""
     m = _TAG_BODY.fullmatch(body)
     assert m is not None  # every group is optional
-    at = lambda g: col + 1 + m.start(g)  # column of a group inside the tag
+
+    def at(group: str) -> int:  # column of a group inside the tag
+        return col + 1 + m.start(group)
+
     num, unit, rest = m["num"], m["unit"], m["rest"]
     shown = f"'[{body}]'"
     if not body.strip():

@@ -58,7 +58,9 @@ PRESETS: dict[str, WanConfig] = {
     # Same layout at toy size: head_dim 32 keeps the 3-axis RoPE split meaningful (pairs 6/5/5).
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32, text_len=16),
     # Smallest layout ComfyUI's own model detection accepts (it assumes 128-dim heads).
-    "tiny-comfy": WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, freq_dim=256, text_len=32),
+    # Its text_dim stays 4096: ComfyUI builds the text embedding at umT5 width whatever the file holds.
+    "tiny-comfy": WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096, freq_dim=256,
+                            text_len=32),
 }
 
 
