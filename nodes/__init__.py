@@ -1,0 +1,25 @@
+"""The Echo-Forcing node set (ComfyUI V3 API). Imported only inside a ComfyUI host."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .loader import LoadARVideoModel
+from .memory import DecaySettings, SceneMemoryCache
+from .sampler import EchoForcingSampler
+from .timeline import EchoStandinTextEncoder, PromptTimeline, RecallScene
+
+NODE_CLASSES: list[type[io.ComfyNode]] = [
+    LoadARVideoModel,
+    SceneMemoryCache,
+    DecaySettings,
+    PromptTimeline,
+    RecallScene,
+    EchoForcingSampler,
+    EchoStandinTextEncoder,
+]
+
+
+class EchoForcingExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_CLASSES)

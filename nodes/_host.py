@@ -1,0 +1,157 @@
+"""ComfyUI-specific glue shared by the node files: model wrapping, latent formats, text encoding, progress.
+
+Everything here talks to the host (comfy.*, folder_paths, latent_preview); every decision about the
+algorithm lives in echo_core.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import comfy.latent_formats
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import torch
+
+from echo_core.model.config import WanConfig
+from echo_core.session import ModuleModel, SpecError, wan_config_of
+
+WAN21 = "wan21"  # latent space of the Wan 2.1 VAE (what ComfyUI's VAE Decode expects after process_out)
+
+
+class NodeInputError(ValueError):
+    """An execution error whose message starts with the input to fix."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True, eq=False)
+class ARModel:
+    """What Load AR Video Model outputs: a causal Wan DiT under ComfyUI's memory management (immutable handle)."""
+
+    patcher: Any  # comfy.model_patcher.ModelPatcher around a CausalWanModel
+    config: WanConfig
+    frames_per_chunk: int
+    latent_space: str = WAN21  # or a toy space, decoded by the matching node
+    name: str = ""
+    layout: str = ""
+
+
+def wrap_module(module: torch.nn.Module) -> Any:
+    """A ModelPatcher that ComfyUI loads to the compute device and offloads like its own models."""
+    mm = comfy.model_management
+    return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+@dataclass
+class Resolved:
+    patcher: Any
+    model: ModuleModel
+    config: WanConfig
+    frames_per_chunk: int
+    latent_space: str
+
+
+def resolve_model(model: Any) -> Resolved:
+    """Our ARModel, or a stock MODEL whose diffusion model is a Wan2.1 T2V DiT (UNETLoader, GGUF, fp8, LoRAs)."""
+    if isinstance(model, ARModel):
+        module = model.patcher.model
+        return Resolved(model.patcher, ModuleModel(module, model.config), model.config, model.frames_per_chunk,
+                        model.latent_space)
+    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if inner is None:
+        raise NodeInputError("model", f"expected a Wan2.1 text-to-video MODEL or an AR video model, got "
+                                      f"{type(model).__name__}")
+    base = model.model
+    if not isinstance(getattr(base, "latent_format", None), comfy.latent_formats.Wan21) or \
+            getattr(inner, "model_type", "t2v") != "t2v" or getattr(inner, "img_emb", None) is not None:
+        raise NodeInputError("model", f"the MODEL is a {type(base).__name__} ({type(inner).__name__}); the "
+                                      "Echo-Forcing sampler needs a Wan2.1 text-to-video diffusion model")
+    try:
+        cfg = wan_config_of(inner)
+    except SpecError as e:
+        raise NodeInputError("model", str(e).split(": ", 1)[-1]) from None
+    return Resolved(model, ModuleModel(inner, cfg), cfg, 3, WAN21)
+
+
+def load_to_device(patcher: Any) -> torch.device:
+    comfy.model_management.load_models_gpu([patcher])
+    return patcher.load_device
+
+
+def free_memory() -> None:
+    gc.collect()
+    comfy.model_management.soft_empty_cache()
+
+
+# --------------------------------------------------------------------------------------------- latents
+def to_model_space(samples: torch.Tensor, latent_space: str) -> torch.Tensor:
+    """LATENT['samples'] as VAE Encode gives it -> the space the DiT samples in."""
+    if latent_space == WAN21:
+        return comfy.latent_formats.Wan21().process_in(samples.float())
+    return samples.float()
+
+
+def to_vae_space(latents: torch.Tensor, latent_space: str) -> torch.Tensor:
+    """Sampler output (model space) -> what VAE Decode expects (ComfyUI's samplers apply process_out too)."""
+    if latent_space == WAN21:
+        return comfy.latent_formats.Wan21().process_out(latents.float())
+    return latents.float()
+
+
+# --------------------------------------------------------------------------------------------- text
+def encode_prompts(encoder: Any, prompts: Sequence[str]) -> list[torch.Tensor]:
+    """One [1, L, D] embedding per prompt from a ComfyUI CLIP (umT5 for Wan) or an echo text encoder."""
+    if hasattr(encoder, "encode_prompts"):
+        return list(encoder.encode_prompts(prompts))
+    if not hasattr(encoder, "tokenize"):
+        raise NodeInputError("clip", "expected a CLIP text encoder (Load CLIP, type wan), got "
+                                     f"{type(encoder).__name__}")
+    out = []
+    for prompt in prompts:
+        cond = encoder.encode_from_tokens_scheduled(encoder.tokenize(prompt))
+        out.append(cond[0][0].detach().float().cpu())
+    return out
+
+
+# --------------------------------------------------------------------------------------------- progress
+class ChunkProgress:
+    """One progress tick per chunk with a preview of the chunk's first latent frame; honours interrupts."""
+
+    def __init__(self, total: int, latent_space: str, preview: Callable[[torch.Tensor], Any] | None = None):
+        self.bar = comfy.utils.ProgressBar(total)
+        self.total = total
+        self.preview = preview if preview is not None else _previewer(latent_space)
+
+    def check_interrupt(self, chunk: int = 0, step: int = 0) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    def tick(self, done: int, chunk_latents: torch.Tensor) -> None:
+        image = None
+        if self.preview is not None:
+            image = self.preview(chunk_latents)
+        self.bar.update_absolute(done, self.total, image)
+
+
+def _previewer(latent_space: str) -> Callable[[torch.Tensor], Any] | None:
+    """The host's configured previewer for Wan latents; latent->RGB factors when previews are set to none, since a
+    long video is only watchable while it runs through its per-chunk previews."""
+    if latent_space != WAN21:
+        return None
+    import latent_preview
+
+    fmt = comfy.latent_formats.Wan21()
+    previewer = latent_preview.get_previewer(comfy.model_management.get_torch_device(), fmt)
+    if previewer is None:
+        previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
+
+    def preview(x0: torch.Tensor) -> Any:
+        return previewer.decode_latent_to_preview_image("JPEG", x0[:1, :, :1].float().cpu())
+
+    return preview

@@ -1,0 +1,93 @@
+"""Load AR Video Model: a causal Wan2.1 DiT file (any layout echo_core reads) or the bundled demo model.
+
+Owns: which file, weight dtype, frames per chunk, an optional LoRA merged at load. The weights go into a
+ComfyUI ModelPatcher, so the host's memory management loads and offloads them like any model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io
+
+from . import types
+from ._host import ARModel, NodeInputError, wrap_module
+
+TOY_MODEL = "echo-forcing-toy (bundled demo)"
+DTYPES = ["auto", "bf16", "fp16", "fp32"]
+FRAMES = ["auto", "3 (chunk-wise)", "1 (frame-wise)"]
+NO_LORA = "none"
+
+
+def _model_files() -> list[str]:
+    return [TOY_MODEL] + folder_paths.get_filename_list("diffusion_models")
+
+
+class LoadARVideoModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoLoadARVideoModel",
+            display_name="Load AR Video Model",
+            category=types.CATEGORY,
+            description="Loads an autoregressive (causal) Wan2.1 text-to-video DiT: Self-Forcing, LongLive, Causal "
+                        "Forcing, Rolling Forcing checkpoints (.pt or .safetensors) or the bundled demo model.",
+            inputs=[
+                io.Combo.Input("model_name", options=_model_files(),
+                               tooltip="A file in models/diffusion_models, or the bundled demo model (no download)."),
+                io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
+                               tooltip="auto keeps the file's dtype (fp8 files are dequantised to bf16). To keep fp8 "
+                                       "weights, load the file with Load Diffusion Model (weight_dtype fp8) instead: "
+                                       "the sampler accepts that MODEL too."),
+                io.Combo.Input("frames_per_chunk", options=FRAMES, default="auto",
+                               tooltip="Latent frames generated per step of the video. auto reads the file (metadata "
+                                       "or name); 3 for chunk-wise models (Self-Forcing), 1 for frame-wise ones."),
+                io.Combo.Input("lora_name", options=[NO_LORA] + folder_paths.get_filename_list("loras"),
+                               default=NO_LORA, optional=True,
+                               tooltip="Optional LoRA merged into the weights at load (e.g. LongLive's lora.pt)."),
+                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, optional=True),
+            ],
+            outputs=[types.ARVideoModel.Output(display_name="ar_model")],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str, weight_dtype: str, frames_per_chunk: str, lora_name: str = NO_LORA,
+                lora_strength: float = 1.0) -> io.NodeOutput:
+        fpc_choice = None if frames_per_chunk == "auto" else int(frames_per_chunk.split()[0])
+        if model_name == TOY_MODEL:
+            return io.NodeOutput(_load_toy(weight_dtype, fpc_choice))
+        path = folder_paths.get_full_path("diffusion_models", model_name)
+        if path is None:
+            raise NodeInputError("model_name", f"file {model_name!r} not found in the diffusion_models folders")
+        lora_path = None
+        if lora_name and lora_name != NO_LORA:
+            lora_path = folder_paths.get_full_path("loras", lora_name)
+            if lora_path is None:
+                raise NodeInputError("lora_name", f"file {lora_name!r} not found in the loras folders")
+        from echo_core.model.loading import load_causal_wan
+
+        try:
+            module, info = load_causal_wan(path, dtype=weight_dtype, device="cpu", lora_path=lora_path,
+                                           lora_strength=lora_strength)
+        except (ValueError, OSError, RuntimeError) as e:
+            field = "lora_name" if lora_path is not None and str(lora_path) in str(e) else "model_name"
+            raise NodeInputError(field, str(e)) from None
+        fpc = fpc_choice or info.frames_per_chunk or 3
+        return io.NodeOutput(ARModel(wrap_module(module), info.config, fpc, name=Path(path).name,
+                                     layout=info.layout))
+
+
+def _load_toy(weight_dtype: str, frames_per_chunk: int | None) -> ARModel:
+    try:
+        from echo_core.toy import load_toy_model
+    except ImportError as e:
+        raise NodeInputError("model_name", f"the bundled demo model is not available in this install ({e})") from None
+    toy = load_toy_model()
+    module = toy.model
+    if weight_dtype in ("bf16", "fp16"):
+        import torch
+
+        module = module.to({"bf16": torch.bfloat16, "fp16": torch.float16}[weight_dtype])
+    return ARModel(wrap_module(module), module.cfg, frames_per_chunk or toy.frames_per_chunk,
+                   latent_space=toy.latent_space, name=TOY_MODEL, layout="toy")

@@ -1,0 +1,109 @@
+"""Echo-Forcing Sampler: chunk-by-chunk generation of a (multi-scene) video as a LATENT for VAE Decode.
+
+Owns: model / timeline / memory wiring, seed, size, denoising steps, the optional start latent, progress and
+the memory report. The run itself (cache, routing, chunk loop) is echo_core.session.run_session; every piece
+of run state is created inside one execute call and freed when it returns or is interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from comfy_api.latest import io
+
+from echo_core.config import ConfigError
+from echo_core.session import MemorySpec, SpecError, TimelineSpec, memory_report, plan_run, run_session, sampler_config
+
+from . import types
+from ._host import (
+    ChunkProgress,
+    NodeInputError,
+    free_memory,
+    load_to_device,
+    resolve_model,
+    to_model_space,
+    to_vae_space,
+)
+
+MAX_SIZE = 4096
+
+
+class EchoForcingSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EchoForcingSampler",
+            display_name="Echo-Forcing Sampler",
+            category=types.CATEGORY,
+            description="Generates the timeline chunk by chunk with a causal Wan2.1 model and Echo-Forcing scene "
+                        "memory. Output: a LATENT for VAE Decode (Wan 2.1 VAE) and a JSON memory report.",
+            inputs=[
+                io.MultiType.Input("model", [types.ARVideoModel, io.Model],
+                                   tooltip="Load AR Video Model, or a stock Wan2.1 T2V MODEL (Load Diffusion Model, "
+                                           "GGUF, fp8, LoRA loaders)."),
+                types.Timeline.Input("timeline"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("width", default=832, min=16, max=MAX_SIZE, step=16),
+                io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16),
+                io.Int.Input("steps", default=4, min=1, max=50,
+                             tooltip="Denoising steps per chunk (4: Self-Forcing's 1000, 750, 500, 250)."),
+                types.Memory.Input("memory", optional=True,
+                                   tooltip="Scene Memory Cache settings (default: Echo-Forcing, official values)."),
+                io.Latent.Input("start_latent", optional=True,
+                                tooltip="VAE-encoded frames to continue from (image-to-video / extend a video)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="memory_report")],
+        )
+
+    @classmethod
+    def execute(cls, model, timeline: TimelineSpec, seed: int, width: int, height: int, steps: int,
+                memory: MemorySpec | None = None, start_latent: dict | None = None) -> io.NodeOutput:
+        if not isinstance(timeline, TimelineSpec):
+            raise NodeInputError("timeline", f"expected a Prompt Timeline output, got {type(timeline).__name__}")
+        resolved = resolve_model(model)
+        fpc = resolved.frames_per_chunk
+        try:
+            plan = plan_run(timeline, resolved.config, fpc, height, width)
+            sampler = sampler_config(steps, fpc)
+        except (SpecError, ConfigError) as e:
+            raise NodeInputError(getattr(e, "field", "timeline"), str(e).split(": ", 1)[-1]) from None
+        device = load_to_device(resolved.patcher)
+        start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space)
+        progress = ChunkProgress(plan.total_chunks, resolved.latent_space)
+        chunks, reports = [], []
+        run = run_session(resolved.model, resolved.config, timeline, memory, plan, seed=seed, sampler=sampler,
+                          start_latents=start, device=device, on_step=progress.check_interrupt)
+        try:
+            for result in run:
+                chunks.append(result.latents.cpu())
+                reports.append(result.report)
+                progress.tick(len(chunks), result.latents)
+        except (SpecError, ConfigError) as e:
+            raise NodeInputError(getattr(e, "field", "memory"), str(e).split(": ", 1)[-1]) from None
+        finally:
+            run.close()  # frees the cache even when an interrupt or error left the loop early
+            del run
+            free_memory()
+        video = torch.cat(([start.cpu()] if start is not None else []) + chunks, dim=2)
+        report = memory_report(reports, plan, memory)
+        report["latent_shape"] = list(video.shape)
+        samples = to_vae_space(video, resolved.latent_space)
+        text = json.dumps(report)
+        summary = (f"{len(chunks)} chunks, {video.shape[2]} latent frames, peak cache {report['peak_cache_mb']} MB "
+                   f"({report['peak_cache_tokens']} tokens), {report['wall_s']} s")
+        return io.NodeOutput({"samples": samples}, text, ui={"text": [summary]})
+
+
+def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str) -> torch.Tensor | None:
+    if latent is None:
+        return None
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    c, h, w = shape
+    if samples is None or samples.ndim != 5 or samples.shape[1] != c or tuple(samples.shape[3:]) != (h, w):
+        got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise NodeInputError("start_latent", f"expected a video latent [B, {c}, F, {h}, {w}] matching width/height "
+                                             f"{w * 8}x{h * 8} (VAE Encode with the Wan 2.1 VAE), got {got}")
+    if samples.shape[0] != 1:
+        raise NodeInputError("start_latent", f"one video at a time: the latent holds a batch of {samples.shape[0]}")
+    return to_model_space(samples, space)

@@ -1,0 +1,113 @@
+"""HTTP route `/echo_forcing/timeline` for the timeline editor (web/js/echo_timeline.js).
+
+The front end sends the timeline text and the parsing options and draws what comes back, so the timeline
+language lives in one place (echo_core/timeline.py) and the editor can never disagree with the sampler.
+
+    GET  /echo_forcing/timeline?text=...&fps=16&frames_per_chunk=3&marker_semantics=outgoing
+    POST /echo_forcing/timeline   {"text": "...", "fps": 16, "frames_per_chunk": 3, "marker_semantics": "outgoing"}
+
+Answers `Timeline.to_dict()` (HTTP 200), or `{"error": {"message", "scene_index", "column", "field"}}`:
+HTTP 200 for a timeline the parser rejects (the editor shows it inline), HTTP 400 for a malformed request.
+ComfyUI also serves every route under `/api`, which is what the front end's `api.fetchApi` calls.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping
+
+try:  # loaded by ComfyUI as part of the plugin package
+    from ..echo_core.timeline import TimelineError, parse_timeline
+except ImportError:  # loaded on its own (tests, tools) with the repository root on sys.path
+    from echo_core.timeline import TimelineError, parse_timeline
+
+ROUTE = "/echo_forcing/timeline"
+MAX_TEXT_CHARS = 100_000  # a timeline is a few lines; this only stops absurd requests early
+
+# Request field -> converter for values that arrive as query strings. Fields left out use the parser's
+# defaults, so the editor of a node that lacks e.g. a marker_semantics input still works.
+_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "fps": float,
+    "frames_per_chunk": int,
+    "marker_semantics": str,
+    "default_mode": str,
+    "total_latent_frames": int,
+}
+
+
+def _error(message: str, *, field: str | None = None, scene_index: int | None = None,
+           column: int | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "scene_index": scene_index, "column": column, "field": field}}
+
+
+def _option(name: str, value: Any) -> Any:
+    """Convert a query-string value; JSON values are passed on as they are and checked by the parser."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return _OPTIONS[name](value.strip())
+    except ValueError:
+        raise TimelineError(f"{name} must be a number, got {value!r}", field=name) from None
+
+
+def timeline_response(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) for one request's parameters; no aiohttp needed, so tests call it directly."""
+    text = params.get("text")
+    if not isinstance(text, str):
+        got = "nothing" if text is None else type(text).__name__
+        return 400, _error(f"'text' must be the timeline as a string, got {got}", field="text")
+    if len(text) > MAX_TEXT_CHARS:
+        return 400, _error(f"'text' is {len(text)} characters long; a timeline may have at most "
+                           f"{MAX_TEXT_CHARS}", field="text")
+    unknown = sorted(set(params) - set(_OPTIONS) - {"text"})
+    if unknown:
+        return 400, _error(f"unknown parameter(s) {unknown}; allowed: text, {', '.join(_OPTIONS)}",
+                           field=unknown[0])
+    try:
+        kwargs = {k: _option(k, v) for k, v in params.items() if k in _OPTIONS and v is not None}
+        return 200, parse_timeline(text, **kwargs).to_dict()
+    except TimelineError as e:
+        return 200, _error(str(e), field=e.field, scene_index=e.scene_index, column=e.column)
+
+
+async def handle_timeline(request: Any) -> Any:
+    """aiohttp handler for GET (query string) and POST (JSON object body)."""
+    from aiohttp import web
+
+    if request.method == "POST":
+        try:
+            params = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            params = None
+        if not isinstance(params, dict):
+            return web.json_response(_error("the request body must be a JSON object such as "
+                                            '{"text": "a cat [5s] | a dog [5s#]"}', field="body"), status=400)
+    else:
+        params = dict(request.query)
+    status, body = timeline_response(params)
+    return web.json_response(body, status=status)
+
+
+def register(routes: Any) -> None:
+    """Add GET and POST handlers to an aiohttp RouteTableDef (PromptServer.instance.routes)."""
+    routes.get(ROUTE)(handle_timeline)
+    routes.post(ROUTE)(handle_timeline)
+
+
+def _register_with_host() -> bool:
+    try:
+        from server import PromptServer  # ComfyUI's top-level module; absent outside the host
+    except ImportError:
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None:
+        return False
+    # aiohttp refuses two handlers for one method and path at start-up, so importing this module twice
+    # (under two names) must not register twice: the flag lives on the server, not in this module.
+    if not getattr(instance, "_echo_forcing_timeline_route", False):
+        register(instance.routes)
+        instance._echo_forcing_timeline_route = True
+    return True
+
+
+REGISTERED = _register_with_host()
