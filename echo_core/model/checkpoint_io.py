@@ -102,7 +102,8 @@ def _read_torch(p: Path) -> Any:
                     f"Only plain tensors and containers are loaded ({_unpickler_reason(msg)}). "
                     "If you trust the file, re-save its state dict as .safetensors and load that instead") from None
             last_error = RuntimeError(_unpickler_reason(msg))  # bad opcodes: garbage bytes, not a pickle
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError, OverflowError, MemoryError) as e:  # what garbage bytes make the unpickler raise
             last_error = e
     raise CheckpointError(
         f"{p}: cannot read the torch checkpoint ({_first_lines(str(last_error))}); it is probably truncated "
