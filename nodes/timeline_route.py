@@ -14,6 +14,7 @@ ComfyUI also serves every route under `/api`, which is what the front end's `api
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Callable, Mapping
 
 try:  # loaded by ComfyUI as part of the plugin package
@@ -95,11 +96,10 @@ def register(routes: Any) -> None:
 
 
 def _register_with_host() -> bool:
-    try:
-        from server import PromptServer  # ComfyUI's top-level module; absent outside the host
-    except ImportError:
-        return False
-    instance = getattr(PromptServer, "instance", None)
+    # Only a running ComfyUI has imported its top-level `server` module (main.py does, before custom nodes);
+    # looking it up instead of importing it keeps tests and tools from dragging in the host's server.
+    prompt_server = getattr(sys.modules.get("server"), "PromptServer", None)
+    instance = getattr(prompt_server, "instance", None)
     if instance is None:
         return False
     # aiohttp refuses two handlers for one method and path at start-up, so importing this module twice
