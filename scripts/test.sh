@@ -6,6 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup_env.sh
+bash scripts/install_browser.sh   # headless Chromium for the browser tests of the timeline editor
 PY="$ROOT/.venv/bin/python"
 
 echo "== ruff check ."
