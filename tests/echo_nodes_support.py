@@ -123,3 +123,27 @@ def set_inputs(graph: dict, class_type: str, **values) -> dict:
     for nid in ids:
         g[nid]["inputs"].update(values)
     return g
+
+
+def load_plugin(module_name: str = "echo_forcing_plugin"):
+    """Import the plugin package the way ComfyUI does (a package named after its folder, relative imports)."""
+    import importlib.util
+    import sys
+
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def register_models_dir(models_dir: Path) -> None:
+    """Point this process's folder_paths at a test models folder (in-process node tests)."""
+    import folder_paths
+
+    for sub in ("diffusion_models", "vae", "text_encoders", "loras"):
+        (models_dir / sub).mkdir(parents=True, exist_ok=True)
+        folder_paths.add_model_folder_path(sub, str(models_dir / sub), is_default=True)
