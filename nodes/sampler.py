@@ -68,23 +68,9 @@ class EchoForcingSampler(io.ComfyNode):
             sampler = sampler_config(steps, fpc)
         except (SpecError, ConfigError) as e:
             raise NodeInputError(getattr(e, "field", "timeline"), str(e).split(": ", 1)[-1]) from None
-        device = load_to_device(resolved.patcher)
         start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space)
-        progress = ChunkProgress(plan.total_chunks, resolved.latent_space)
-        chunks, reports = [], []
-        run = run_session(resolved.model, resolved.config, timeline, memory, plan, seed=seed, sampler=sampler,
-                          start_latents=start, device=device, on_step=progress.check_interrupt)
-        try:
-            for result in run:
-                chunks.append(result.latents.cpu())
-                reports.append(result.report)
-                progress.tick(len(chunks), result.latents)
-        except (SpecError, ConfigError) as e:
-            raise NodeInputError(getattr(e, "field", "memory"), str(e).split(": ", 1)[-1]) from None
-        finally:
-            run.close()  # frees the cache even when an interrupt or error left the loop early
-            del run
-            free_memory()
+        with torch.inference_mode():  # as ComfyUI's executor does; also covers direct calls (tests, scripts)
+            chunks, reports = _generate(resolved, timeline, memory, plan, seed, sampler, start)
         video = torch.cat(([start.cpu()] if start is not None else []) + chunks, dim=2)
         report = memory_report(reports, plan, memory)
         report["latent_shape"] = list(video.shape)
@@ -93,6 +79,27 @@ class EchoForcingSampler(io.ComfyNode):
         summary = (f"{len(chunks)} chunks, {video.shape[2]} latent frames, peak cache {report['peak_cache_mb']} MB "
                    f"({report['peak_cache_tokens']} tokens), {report['wall_s']} s")
         return io.NodeOutput({"samples": samples}, text, ui={"text": [summary]})
+
+
+def _generate(resolved, timeline, memory, plan, seed, sampler, start):
+    device = load_to_device(resolved.patcher)
+    progress = ChunkProgress(plan.total_chunks, resolved.latent_space)
+    chunks, reports = [], []
+    run = run_session(resolved.model, resolved.config, timeline, memory, plan, seed=seed, sampler=sampler,
+                      start_latents=None if start is None else start.to(device), device=device,
+                      on_step=progress.check_interrupt)
+    try:
+        for result in run:
+            chunks.append(result.latents.cpu())
+            reports.append(result.report)
+            progress.tick(len(chunks), result.latents)
+    except (SpecError, ConfigError) as e:
+        raise NodeInputError(getattr(e, "field", "memory"), str(e).split(": ", 1)[-1]) from None
+    finally:
+        run.close()  # frees the cache even when an interrupt or error left the loop early
+        del run
+        free_memory()
+    return chunks, reports
 
 
 def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str) -> torch.Tensor | None:

@@ -256,3 +256,43 @@ def test_sampler_runs_every_policy(plugin, models, policy):
 
     assert latent["samples"].shape[2] == 12 and json.loads(report)["policy"] == policy
     assert torch.isfinite(latent["samples"]).all()
+
+
+# --------------------------------------------------------------------------------------------- stock MODEL
+@pytest.fixture(scope="module")
+def stock(plugin, models):
+    root, _ = models
+    return S.write_stock_dit_and_lora(root / "diffusion_models", root / "loras")
+
+
+def _stock_model(base: str, lora: str | None, weight_dtype: str = "default"):
+    import nodes as comfy_nodes  # ComfyUI's own nodes module (the host is first on sys.path)
+
+    model = comfy_nodes.UNETLoader().load_unet(base, weight_dtype)[0]
+    if lora is not None:
+        model = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, lora, 1.0)[0]
+    return model
+
+
+def test_stock_unet_and_lora_match_our_loader_on_merged_weights(plugin, stock):
+    n = _nodes(plugin)
+    base, lora, merged = stock
+    spec = _timeline(n, "a red fox [1s] | a frozen lake [1s]", dim=4096, length=512)
+    ours = _sample(n, _load(n, merged), spec, seed=3)[0]["samples"]
+    theirs = _sample(n, _stock_model(base, lora), spec, seed=3)[0]["samples"]
+    no_lora = _sample(n, _stock_model(base, None), spec, seed=3)[0]["samples"]
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=0)
+    assert (no_lora - ours).abs().max() > 0.1  # the LoRA changes the video, so the match above means something
+
+
+def test_stock_fp8_model_runs_through_comfys_cast_ops(plugin, stock):
+    n = _nodes(plugin)
+    base, lora, merged = stock
+    spec = _timeline(n, "a red fox [1s]", dim=4096, length=512)
+    model = _stock_model(base, lora, "fp8_e4m3fn")
+    assert model.model.diffusion_model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    fp8 = _sample(n, model, spec, seed=3)[0]["samples"]
+    ref = _sample(n, _load(n, merged), spec, seed=3)[0]["samples"]
+    assert torch.isfinite(fp8).all()
+    rel = ((fp8 - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.1, rel  # fp8 rounding moves the output a little, not a lot
