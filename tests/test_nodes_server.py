@@ -1,0 +1,233 @@
+"""The node set inside a real ComfyUI 0.3.75 server (subprocess, loopback port), driven over HTTP and websocket.
+
+One server for the module; tiny model files written by the tests: causal DiTs in several layouts, a DiT plus
+LoRA the stock loaders read, a tiny Wan 2.1 VAE, and a file of the wrong architecture.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+import torch
+
+import echo_nodes_support as S
+from comfy_host import ComfyServer, PromptFailed
+
+pytestmark = pytest.mark.host
+
+SIX = ("EchoLoadARVideoModel", "EchoSceneMemoryCache", "EchoDecaySettings", "EchoPromptTimeline", "EchoRecallScene",
+       "EchoForcingSampler")
+SHORT = "a red fox in the snow [1s#] | a frozen lake [1s@] | the red fox in the snow again [1s]"
+
+
+@pytest.fixture(scope="module")
+def server(comfy_host_dir, comfy_inprocess, tmp_path_factory):
+    srv = ComfyServer(comfy_host_dir, tmp_path_factory.mktemp("echo_nodes_server"))
+    models = srv.models_dir
+    names = S.write_dit_layouts(models / "diffusion_models")
+    stock = S.write_stock_dit_and_lora(models / "diffusion_models", models / "loras")
+    S.write_tiny_vae(models / "vae" / "tiny_wan21_vae.safetensors", comfy_inprocess)
+    from safetensors.torch import save_file
+
+    save_file({"decoder.middle.0.residual.0.gamma": torch.ones(4, 1, 1, 1), "decoder.head.0.gamma": torch.ones(4)},
+              str(models / "diffusion_models" / "wrong_architecture.safetensors"))
+    srv.start()
+    srv.names, srv.stock = names, stock
+    yield srv
+    srv.stop()
+
+
+def latent_graph(model_name: str = "tiny_wan.safetensors", timeline: str = SHORT, seed: int = 0,
+                 policy: str = "echo", prefix: str = "echo_test") -> dict:
+    """Our loader -> timeline (stand-in text) -> recall -> memory -> sampler -> SaveLatent (no VAE)."""
+    return {
+        "1": {"class_type": "EchoLoadARVideoModel",
+              "inputs": {"model_name": model_name, "weight_dtype": "fp32", "frames_per_chunk": "auto"}},
+        "2": {"class_type": "EchoStandinTextEncoder", "inputs": {"dim": 32, "length": 16}},
+        "3": {"class_type": "EchoPromptTimeline", "inputs": {"clip": ["2", 0], "timeline": timeline, "fps": 16.0}},
+        "4": {"class_type": "EchoRecallScene", "inputs": {"timeline": ["3", 0], "source": "auto", "routing": "idf",
+                                                          "scene": 1, "threshold": 0.0}},
+        "5": {"class_type": "EchoSceneMemoryCache",
+              "inputs": {"policy": policy, "anchor_frames": 12, "compressed_frames": 3, "recent_frames": 3,
+                         "recall_pool_size": 64, "compression_mode": "score_weighted", "rope_position_mode": "local",
+                         "keep_origin_positions": False, "hardcut_rope_jump": 45, "recall_rope_jump_max": 6}},
+        "6": {"class_type": "EchoForcingSampler",
+              "inputs": {"model": ["1", 0], "timeline": ["4", 0], "memory": ["5", 0], "seed": seed, "width": 64,
+                         "height": 64, "steps": 2}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+def saved_latent(server: ComfyServer, entry: dict, node: str = "7") -> torch.Tensor:
+    from safetensors.torch import load
+
+    item = entry["outputs"][node]["latents"][0]
+    return load(server.view(item["filename"], item["subfolder"], item["type"]))["latent_tensor"]
+
+
+def video_frames(data: bytes) -> int:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+# --------------------------------------------------------------------------------------------- schema
+def test_object_info_lists_the_six_nodes(server):
+    info = server.object_info()
+    for node_id in SIX:
+        assert node_id in info, f"{node_id} missing from /object_info"
+        assert info[node_id]["category"] == "Echo-Forcing"
+    sampler = info["EchoForcingSampler"]
+    assert set(sampler["input"]["required"]) == {"model", "timeline", "seed", "width", "height", "steps"}
+    assert set(sampler["input"]["optional"]) == {"memory", "start_latent"}
+    assert sampler["input"]["required"]["model"][0] == "ECHO_AR_MODEL,MODEL"
+    assert sampler["output"] == ["LATENT", "STRING"]
+    loader = info["EchoLoadARVideoModel"]
+    files = loader["input"]["required"]["model_name"][1]["options"]
+    assert "echo-forcing-toy (bundled demo)" in files and "tiny_self_forcing.pt" in files
+    assert info["EchoPromptTimeline"]["input"]["required"]["clip"][0] == "CLIP,ECHO_TEXT_ENCODER"
+    assert info["EchoPromptTimeline"]["output"] == ["ECHO_TIMELINE"]
+    assert info["EchoRecallScene"]["output"] == ["ECHO_TIMELINE"]
+    assert info["EchoSceneMemoryCache"]["output"] == ["ECHO_MEMORY", "STRING"]
+    assert info["EchoSceneMemoryCache"]["input"]["optional"]["decay"][0] == "ECHO_DECAY"
+    assert info["EchoDecaySettings"]["output"] == ["ECHO_DECAY"]
+
+
+# --------------------------------------------------------------------------------------------- workflows
+def _adapt(graph: dict, server: ComfyServer) -> dict:
+    """Make an example workflow runnable here: tiny files, stand-in text encoder, small size, short timeline."""
+    models = {n["class_type"] for n in graph.values()}
+    te_dim, te_len = (4096, 512) if "UNETLoader" in models else (32, 16)
+    g = S.substitute_text_encoder(graph, te_dim, te_len)
+    if "EchoLoadARVideoModel" in models:
+        names = {nid: n for nid, n in g.items() if n["class_type"] == "EchoLoadARVideoModel"}
+        for n in names.values():
+            if n["inputs"]["model_name"] != "echo-forcing-toy (bundled demo)":
+                n["inputs"]["model_name"] = server.names["self_forcing"]
+    if "UNETLoader" in models:
+        g = S.set_inputs(g, "UNETLoader", unet_name=server.stock[0])
+    if "LoraLoaderModelOnly" in models:
+        g = S.set_inputs(g, "LoraLoaderModelOnly", lora_name=server.stock[1])
+    if "VAELoader" in models:
+        g = S.set_inputs(g, "VAELoader", vae_name="tiny_wan21_vae.safetensors")
+    g = S.set_inputs(g, "EchoForcingSampler", width=64, height=64, steps=2)
+    return S.set_inputs(g, "EchoPromptTimeline", timeline=SHORT)
+
+
+API_WORKFLOWS = sorted(p.name for p in S.WORKFLOWS.glob("*_api.json"))
+
+
+@pytest.mark.parametrize("name", API_WORKFLOWS)
+def test_every_api_workflow_runs_with_progress_and_previews(server, name):
+    graph = _adapt(S.load_api_workflow(name), server)
+    sampler_id = S.find_nodes(graph, "EchoForcingSampler")[0]
+    ws = server.websocket()
+    entry = server.run_prompt(graph, timeout=300, client_id=ws.client_id)
+    ws.wait_for(lambda c: c.of_type("execution_success"), timeout=30)
+    # SHORT: 3 s at 16 fps = 48 frames -> 12 latent frames -> 4 chunks (3 frames each) -> 4*12-3 = 45 video frames
+    chunks, latent_frames = 4, 12
+    ticks = [p["value"] for p in ws.progress() if p["node"] == sampler_id]
+    assert ticks == list(range(1, chunks + 1)) and all(p["max"] == chunks for p in ws.progress()
+                                                       if p["node"] == sampler_id)
+    assert len(ws.previews) >= chunks and all(p.data[:2] == b"\xff\xd8" for p in ws.previews)  # JPEG
+    report = [n for n in entry["outputs"].values() if "text" in n]
+    assert report, "the sampler shows its summary on the node"
+    saved = [item for out in entry["outputs"].values() for key in ("images", "gifs", "videos")
+             for item in out.get(key, [])]
+    assert saved, f"{name} saved nothing: {entry['outputs']}"
+    data = server.view(saved[0]["filename"], saved[0]["subfolder"], saved[0]["type"])
+    assert video_frames(data) == 4 * latent_frames - 3
+
+
+# --------------------------------------------------------------------------------------------- interrupt
+def test_interrupt_mid_run_then_next_run_succeeds(server):
+    long = latent_graph(timeline="a red fox in the snow [30s]", seed=11, prefix="interrupted")
+    ws = server.websocket()
+    prompt_id = server.post_prompt(long, client_id=ws.client_id)
+    ws.wait_for(lambda c: any(p["node"] == "6" for p in c.progress()), timeout=120)
+    t0 = time.monotonic()
+    server.interrupt()
+    entry = server.wait_history(prompt_id, timeout=120)
+    stopped_after = time.monotonic() - t0
+    assert entry["status"]["status_str"] == "error"
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"])
+    total = [p["max"] for p in ws.progress() if p["node"] == "6"][0]
+    done = max(p["value"] for p in ws.progress() if p["node"] == "6")
+    assert done < total and stopped_after < 30
+    after = server.run_prompt(latent_graph(seed=12, prefix="after_interrupt"), timeout=120)
+    assert saved_latent(server, after).shape == (1, 16, 12, 8, 8)
+
+
+# --------------------------------------------------------------------------------------------- errors
+def _rejected(server: ComfyServer, graph: dict) -> str:
+    """The validation error (400 on POST) or, for checks only execution can make, the execution error."""
+    with pytest.raises(PromptFailed) as info:
+        server.run_prompt(graph, timeout=60)
+    return str(info.value)
+
+
+def test_bad_inputs_come_back_naming_the_field(server):
+    bad_timeline = latent_graph(timeline="a red fox [10s] | a lake [8x]")
+    msg = _rejected(server, bad_timeline)
+    assert "timeline" in msg and "scene 2" in msg and "unit" in msg
+
+    msg = _rejected(server, latent_graph(model_name="no_such_model.safetensors"))
+    assert "model_name" in msg and "no_such_model.safetensors" in msg
+
+    too_small = latent_graph()
+    too_small["6"]["inputs"]["width"] = 8
+    msg = _rejected(server, too_small)
+    assert "width" in msg and "8" in msg
+    no_steps = latent_graph()
+    no_steps["6"]["inputs"]["steps"] = 0
+    assert "steps" in _rejected(server, no_steps)
+
+    msg = _rejected(server, latent_graph(model_name="wrong_architecture.safetensors", prefix="wrong"))
+    assert "model_name:" in msg and "VAE" in msg
+
+    bad_decay = latent_graph()
+    bad_decay["8"] = {"class_type": "EchoDecaySettings",
+                      "inputs": {"transition": "smooth", "strategy": "diff", "min_rate": 0.9, "max_rate": 0.5,
+                                 "fixed_rate": 1.0, "first_chunk_weight": 1.0, "clear_after_chunks": 5,
+                                 "target": "old_memory"}}
+    bad_decay["5"]["inputs"]["decay"] = ["8", 0]
+    assert "min_rate:" in _rejected(server, bad_decay)
+
+
+# --------------------------------------------------------------------------------------------- state
+def test_a_then_b_then_a_is_bit_identical(server):
+    a1 = saved_latent(server, server.run_prompt(latent_graph(seed=1, prefix="aba"), timeout=120))
+    b = saved_latent(server, server.run_prompt(
+        latent_graph(seed=2, timeline="a frozen lake [1s@] | a red fox [1s] | the lake again [1s]", prefix="aba"),
+        timeout=120))
+    a2 = saved_latent(server, server.run_prompt(latent_graph(seed=1, prefix="aba"), timeout=120))
+    assert torch.equal(a1, a2)
+    assert not torch.equal(a1, b)
+
+
+def test_ten_runs_keep_resident_memory_flat(server):
+    rss = []
+    for i in range(10):
+        server.run_prompt(latent_graph(seed=100 + i, prefix="rss"), timeout=120)
+        rss.append(server.rss_bytes())
+    growth = (rss[-1] - rss[0]) / rss[0]
+    assert growth < 0.10, f"RSS grew {growth:.1%} over 10 runs: {[r // 2**20 for r in rss]} MiB"
+
+
+def test_stock_unet_and_lora_in_the_server_match_our_loader(server):
+    base, lora, merged = server.stock
+    graph = latent_graph(model_name=merged, timeline="a red fox [1s]", seed=5, prefix="stock_ours")
+    graph["2"]["inputs"].update(dim=4096, length=512)
+    ours = saved_latent(server, server.run_prompt(graph, timeout=120))
+    stock = json.loads(json.dumps(graph))
+    stock["1"] = {"class_type": "UNETLoader", "inputs": {"unet_name": base, "weight_dtype": "default"}}
+    stock["9"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": lora,
+                                                                  "strength_model": 1.0}}
+    stock["6"]["inputs"]["model"] = ["9", 0]
+    stock["7"]["inputs"]["filename_prefix"] = "stock_theirs"
+    theirs = saved_latent(server, server.run_prompt(stock, timeout=120))
+    assert torch.allclose(theirs, ours, atol=1e-5, rtol=0)
