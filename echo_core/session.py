@@ -106,9 +106,11 @@ class TimelineSpec:
 
 
 def encode_timeline(text: str, fps: float, default_mode: str,
-                    encode: Callable[[Sequence[str]], Sequence[torch.Tensor]]) -> TimelineSpec:
+                    encode: Callable[[Sequence[str]], Sequence[torch.Tensor]],
+                    encode_routing: Callable[[Sequence[str]], Sequence[torch.Tensor]] | None = None) -> TimelineSpec:
     """Parse `text` (errors name the scene) and encode each scene's prompt, plus the routing prompts when some
-    transition may recall (similarity routing compares prompts without the words most scenes share)."""
+    transition may recall (similarity routing compares prompts without the words most scenes share; those are
+    not prompts a strict encoder must accept, hence the separate `encode_routing`)."""
     if default_mode not in TRANSITION_MODES:
         raise SpecError("default_transition", f"{default_mode!r} is not one of {', '.join(TRANSITION_MODES)}")
     spec = TimelineSpec(text, float(fps), default_mode)
@@ -117,7 +119,8 @@ def encode_timeline(text: str, fps: float, default_mode: str,
     contexts = tuple(_as_context(c, i) for i, c in enumerate(encode(prompts)))
     routing: tuple[torch.Tensor, ...] = ()
     if any(t.mode is TransitionMode.RECALL for t in timeline.transitions) or default_mode == "recall":
-        routing = tuple(_as_context(c, i) for i, c in enumerate(encode(filter_common_tokens(prompts))))
+        routing = tuple(_as_context(c, i) for i, c in enumerate((encode_routing or encode)(
+            filter_common_tokens(prompts))))
     return replace(spec, contexts=contexts, routing_contexts=routing)
 
 

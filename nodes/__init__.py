@@ -8,6 +8,7 @@ from .loader import LoadARVideoModel
 from .memory import DecaySettings, SceneMemoryCache
 from .sampler import EchoForcingSampler
 from .timeline import EchoStandinTextEncoder, PromptTimeline, RecallScene
+from .toy import EchoToyDecode, EchoToyTextEncoder
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
     LoadARVideoModel,
@@ -17,6 +18,8 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     RecallScene,
     EchoForcingSampler,
     EchoStandinTextEncoder,
+    EchoToyTextEncoder,
+    EchoToyDecode,
 ]
 
 

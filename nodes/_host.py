@@ -40,6 +40,8 @@ class ARModel:
     latent_space: str = WAN21  # or a toy space, decoded by the matching node
     name: str = ""
     layout: str = ""
+    shift: float = 5.0  # timestep shift of the sampling schedule (Self-Forcing: 5)
+    spatial_compression: int = 8  # pixels per latent cell of the matching VAE / codec
 
 
 def wrap_module(module: torch.nn.Module) -> Any:
@@ -56,6 +58,8 @@ class Resolved:
     config: WanConfig
     frames_per_chunk: int
     latent_space: str
+    shift: float = 5.0
+    spatial_compression: int = 8
 
 
 def resolve_model(model: Any) -> Resolved:
@@ -63,7 +67,7 @@ def resolve_model(model: Any) -> Resolved:
     if isinstance(model, ARModel):
         module = model.patcher.model
         return Resolved(model.patcher, ModuleModel(module, model.config), model.config, model.frames_per_chunk,
-                        model.latent_space)
+                        model.latent_space, model.shift, model.spatial_compression)
     inner = getattr(getattr(model, "model", None), "diffusion_model", None)
     if inner is None:
         raise NodeInputError("model", f"expected a Wan2.1 text-to-video MODEL or an AR video model, got "
@@ -106,10 +110,14 @@ def to_vae_space(latents: torch.Tensor, latent_space: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- text
-def encode_prompts(encoder: Any, prompts: Sequence[str]) -> list[torch.Tensor]:
-    """One [1, L, D] embedding per prompt from a ComfyUI CLIP (umT5 for Wan) or an echo text encoder."""
+def encode_prompts(encoder: Any, prompts: Sequence[str], strict: bool = True) -> list[torch.Tensor]:
+    """One [1, L, D] embedding per prompt from a ComfyUI CLIP (umT5 for Wan) or an echo text encoder (`strict`
+    False: an encoder with a closed vocabulary skips unknown words instead of failing)."""
     if hasattr(encoder, "encode_prompts"):
-        return list(encoder.encode_prompts(prompts))
+        try:
+            return list(encoder.encode_prompts(prompts, strict=strict))
+        except ValueError as e:
+            raise NodeInputError("timeline", str(e)) from None
     if not hasattr(encoder, "tokenize"):
         raise NodeInputError("clip", "expected a CLIP text encoder (Load CLIP, type wan), got "
                                      f"{type(encoder).__name__}")

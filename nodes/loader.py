@@ -79,15 +79,16 @@ class LoadARVideoModel(io.ComfyNode):
 
 
 def _load_toy(weight_dtype: str, frames_per_chunk: int | None) -> ARModel:
-    try:
-        from echo_core.toy import load_toy_model
-    except ImportError as e:
-        raise NodeInputError("model_name", f"the bundled demo model is not available in this install ({e})") from None
-    toy = load_toy_model()
-    module = toy.model
-    if weight_dtype in ("bf16", "fp16"):
-        import torch
+    import copy
 
+    import torch
+
+    from .toy import toy_bundle
+
+    toy = toy_bundle()
+    module = copy.deepcopy(toy.model)  # our own copy: the patcher moves and casts it, the shared bundle stays as is
+    if weight_dtype in ("bf16", "fp16"):
         module = module.to({"bf16": torch.bfloat16, "fp16": torch.float16}[weight_dtype])
     return ARModel(wrap_module(module), module.cfg, frames_per_chunk or toy.frames_per_chunk,
-                   latent_space=toy.latent_space, name=TOY_MODEL, layout="toy")
+                   latent_space=toy.latent_space, name=TOY_MODEL, layout="toy", shift=toy.sampler_config.shift,
+                   spatial_compression=toy.width // toy.latent_shape[2])

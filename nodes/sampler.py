@@ -17,6 +17,7 @@ from echo_core.session import MemorySpec, SpecError, TimelineSpec, memory_report
 
 from . import types
 from ._host import (
+    WAN21,
     ChunkProgress,
     NodeInputError,
     free_memory,
@@ -64,8 +65,8 @@ class EchoForcingSampler(io.ComfyNode):
         resolved = resolve_model(model)
         fpc = resolved.frames_per_chunk
         try:
-            plan = plan_run(timeline, resolved.config, fpc, height, width)
-            sampler = sampler_config(steps, fpc)
+            plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
+            sampler = sampler_config(steps, fpc, resolved.shift)
         except (SpecError, ConfigError) as e:
             raise NodeInputError(getattr(e, "field", "timeline"), str(e).split(": ", 1)[-1]) from None
         start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space)
@@ -78,7 +79,10 @@ class EchoForcingSampler(io.ComfyNode):
         text = json.dumps(report)
         summary = (f"{len(chunks)} chunks, {video.shape[2]} latent frames, peak cache {report['peak_cache_mb']} MB "
                    f"({report['peak_cache_tokens']} tokens), {report['wall_s']} s")
-        return io.NodeOutput({"samples": samples}, text, ui={"text": [summary]})
+        latent = {"samples": samples}
+        if resolved.latent_space != WAN21:  # lets a matching decode node check what it is given
+            latent["echo_latent_space"] = resolved.latent_space
+        return io.NodeOutput(latent, text, ui={"text": [summary]})
 
 
 def _generate(resolved, timeline, memory, plan, seed, sampler, start):

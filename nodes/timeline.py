@@ -57,7 +57,8 @@ class PromptTimeline(io.ComfyNode):
     @classmethod
     def execute(cls, clip, timeline: str, fps: float, default_transition: str = "smooth") -> io.NodeOutput:
         try:
-            spec = encode_timeline(timeline, fps, default_transition, lambda prompts: encode_prompts(clip, prompts))
+            spec = encode_timeline(timeline, fps, default_transition, lambda prompts: encode_prompts(clip, prompts),
+                                   lambda prompts: encode_prompts(clip, prompts, strict=False))
         except SpecError as e:
             raise NodeInputError(e.field, str(e).split(": ", 1)[-1]) from None
         parsed = spec.parse()
@@ -112,7 +113,7 @@ class StandinTextEncoder:
     dim: int
     length: int
 
-    def encode_prompts(self, prompts):
+    def encode_prompts(self, prompts, strict: bool = True):
         return [standin_embedding(p, self.dim, self.length) for p in prompts]
 
 
