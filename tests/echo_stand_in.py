@@ -40,6 +40,7 @@ class ChunkRecord:
     first: list[LayerView] = field(default_factory=list)  # first denoising call, per layer
     commit: list[LayerView] = field(default_factory=list)  # commit call, per layer
     report: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int = 0  # most key tokens any layer was handed in any call of this chunk
 
 
 class StandIn:
@@ -95,6 +96,7 @@ class StandIn:
                 for sp in out.spans:
                     if sp.positions.shape[0] != sp.k.shape[2]:
                         raise AssertionError("key positions do not cover the span")
+                rec.max_tokens = max(rec.max_tokens, total)
                 self.max_tokens_seen = max(getattr(self, "max_tokens_seen", 0), total)
                 if n == 0:
                     rec.first.append(self._view(out))

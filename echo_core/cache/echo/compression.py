@@ -68,7 +68,8 @@ def frame_weights(q_mean: torch.Tensor, distances: torch.Tensor, offsets: Sequen
 
 def phase_scores(keys: torch.Tensor, distances: torch.Tensor, q_mean: torch.Tensor, q_abs_mean: torch.Tensor, *,
                  offsets: Sequence[int], omega: torch.Tensor, gate: torch.Tensor | None,
-                 amplitude_compensation: bool, fusion: str = "mean") -> torch.Tensor:
+                 amplitude_compensation: bool, fusion: str = "mean",
+                 max_float_bytes: int = 64 << 20) -> torch.Tensor:
     """Scores [F, S] (float32, averaged over the batch) for history keys [B, H, F, S, D].
 
     `distances` [F]: Δ of each history frame; `q_mean` [H, D] real-coded q̄; `q_abs_mean` [H, D/2] ā;
@@ -82,13 +83,15 @@ def phase_scores(keys: torch.Tensor, distances: torch.Tensor, q_mean: torch.Tens
         spread = (q_abs_mean.float() - pair_moduli(q_mean)).clamp_min(0)  # E|q̃| - |E q̃| >= 0, [H, J]
         bonus = spread if gate is None else spread * gate
     out = torch.empty(f, s, dtype=torch.float32, device=keys.device)
-    for i in range(f):  # frame by frame keeps the float32 copy of the keys small
-        kf = keys[:, :, i].float()  # [B, H, S, D]
-        per = torch.einsum("bhsd,ohd->bsoh", kf, w[i])
+    per_frame = b * h * s * d * 4
+    group = max(1, min(f, max_float_bytes // max(per_frame, 1)))
+    for i in range(0, f, group):  # frame groups bound the float32 copy of the keys
+        kf = keys[:, :, i:i + group].float()  # [B, H, G, S, D]
+        per = torch.einsum("bhgsd,gohd->bgsoh", kf, w[i:i + group])
         if bonus is not None:
-            per = per + torch.einsum("bhsj,hj->bsh", pair_moduli(kf), bonus)[:, :, None, :]
-        fused = per.mean(dim=(2, 3)) if fusion == "mean" else per.amax(dim=(2, 3))
-        out[i] = fused.mean(dim=0)
+            per = per + torch.einsum("bhgsj,hj->bgsh", pair_moduli(kf), bonus)[:, :, :, None, :]
+        fused = per.mean(dim=(3, 4)) if fusion == "mean" else per.amax(dim=(3, 4))
+        out[i:i + group] = fused.mean(dim=0)
     return out
 
 
