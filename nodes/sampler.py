@@ -28,6 +28,7 @@ from ._host import (
 )
 
 MAX_SIZE = 4096
+FRAMES = ["auto", "3 (chunk-wise)", "1 (frame-wise)"]
 
 
 class EchoForcingSampler(io.ComfyNode):
@@ -53,17 +54,21 @@ class EchoForcingSampler(io.ComfyNode):
                                    tooltip="Scene Memory Cache settings (default: Echo-Forcing, official values)."),
                 io.Latent.Input("start_latent", optional=True,
                                 tooltip="VAE-encoded frames to continue from (image-to-video / extend a video)."),
+                io.Combo.Input("frames_per_chunk", options=FRAMES, default="auto", optional=True,
+                               tooltip="auto: what Load AR Video Model chose, or 3 for a stock MODEL. Frame-wise "
+                                       "models (e.g. causal_forcing-framewise via Load Diffusion Model) need 1."),
             ],
             outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="memory_report")],
         )
 
     @classmethod
     def execute(cls, model, timeline: TimelineSpec, seed: int, width: int, height: int, steps: int,
-                memory: MemorySpec | None = None, start_latent: dict | None = None) -> io.NodeOutput:
+                memory: MemorySpec | None = None, start_latent: dict | None = None,
+                frames_per_chunk: str = "auto") -> io.NodeOutput:
         if not isinstance(timeline, TimelineSpec):
             raise NodeInputError("timeline", f"expected a Prompt Timeline output, got {type(timeline).__name__}")
         resolved = resolve_model(model)
-        fpc = resolved.frames_per_chunk
+        fpc = resolved.frames_per_chunk if frames_per_chunk == "auto" else int(frames_per_chunk.split()[0])
         try:
             plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
             sampler = sampler_config(steps, fpc, resolved.shift)

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.host
 SIX = ("EchoLoadARVideoModel", "EchoSceneMemoryCache", "EchoDecaySettings", "EchoPromptTimeline", "EchoRecallScene",
        "EchoForcingSampler")
 SHORT = "a red fox in the snow [1s#] | a frozen lake [1s@] | the red fox in the snow again [1s]"
+TOY_SHORT = ("a red circle bouncing on a blue striped background [1s#] | a yellow square moving left on a green "
+             "checkered background [1s@] | a red circle bouncing on a blue striped background [1s]")
+TOY = "echo-forcing-toy (bundled demo)"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,12 @@ def saved_latent(server: ComfyServer, entry: dict, node: str = "7") -> torch.Ten
     return load(server.view(item["filename"], item["subfolder"], item["type"]))["latent_tensor"]
 
 
-def video_frames(data: bytes) -> int:
+def video_frames(data: bytes, filename: str) -> int:
+    if filename.endswith(".webp"):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return im.n_frames
     import av
 
     with av.open(io.BytesIO(data)) as container:
@@ -83,7 +91,7 @@ def test_object_info_lists_the_six_nodes(server):
         assert info[node_id]["category"] == "Echo-Forcing"
     sampler = info["EchoForcingSampler"]
     assert set(sampler["input"]["required"]) == {"model", "timeline", "seed", "width", "height", "steps"}
-    assert set(sampler["input"]["optional"]) == {"memory", "start_latent"}
+    assert set(sampler["input"]["optional"]) == {"memory", "start_latent", "frames_per_chunk"}
     assert sampler["input"]["required"]["model"][0] == "ECHO_AR_MODEL,MODEL"
     assert sampler["output"] == ["LATENT", "STRING"]
     loader = info["EchoLoadARVideoModel"]
@@ -103,11 +111,10 @@ def _adapt(graph: dict, server: ComfyServer) -> dict:
     models = {n["class_type"] for n in graph.values()}
     te_dim, te_len = (4096, 512) if "UNETLoader" in models else (32, 16)
     g = S.substitute_text_encoder(graph, te_dim, te_len)
-    if "EchoLoadARVideoModel" in models:
-        names = {nid: n for nid, n in g.items() if n["class_type"] == "EchoLoadARVideoModel"}
-        for n in names.values():
-            if n["inputs"]["model_name"] != "echo-forcing-toy (bundled demo)":
-                n["inputs"]["model_name"] = server.names["self_forcing"]
+    toy = any(n["inputs"].get("model_name") == TOY for n in g.values())
+    for n in g.values():
+        if n["class_type"] == "EchoLoadARVideoModel" and not toy:
+            n["inputs"]["model_name"] = server.names["self_forcing"]
     if "UNETLoader" in models:
         g = S.set_inputs(g, "UNETLoader", unet_name=server.stock[0])
     if "LoraLoaderModelOnly" in models:
@@ -115,7 +122,13 @@ def _adapt(graph: dict, server: ComfyServer) -> dict:
     if "VAELoader" in models:
         g = S.set_inputs(g, "VAELoader", vae_name="tiny_wan21_vae.safetensors")
     g = S.set_inputs(g, "EchoForcingSampler", width=64, height=64, steps=2)
-    return S.set_inputs(g, "EchoPromptTimeline", timeline=SHORT)
+    return S.set_inputs(g, "EchoPromptTimeline", timeline=TOY_SHORT if toy else SHORT)
+
+
+def _frames_per_chunk(graph: dict) -> int:
+    choices = [n["inputs"].get("frames_per_chunk", "auto") for n in graph.values()
+               if n["class_type"] in ("EchoForcingSampler", "EchoLoadARVideoModel")]
+    return 1 if "1 (frame-wise)" in choices else 3
 
 
 API_WORKFLOWS = sorted(p.name for p in S.WORKFLOWS.glob("*_api.json"))
@@ -128,8 +141,9 @@ def test_every_api_workflow_runs_with_progress_and_previews(server, name):
     ws = server.websocket()
     entry = server.run_prompt(graph, timeout=300, client_id=ws.client_id)
     ws.wait_for(lambda c: c.of_type("execution_success"), timeout=30)
-    # SHORT: 3 s at 16 fps = 48 frames -> 12 latent frames -> 4 chunks (3 frames each) -> 4*12-3 = 45 video frames
-    chunks, latent_frames = 4, 12
+    # 3 s at 16 fps = 48 frames -> 12 latent frames -> 4 chunks of 3 (or 12 of 1) -> 4*12-3 = 45 video frames
+    latent_frames = 12
+    chunks = latent_frames // _frames_per_chunk(graph)
     ticks = [p["value"] for p in ws.progress() if p["node"] == sampler_id]
     assert ticks == list(range(1, chunks + 1)) and all(p["max"] == chunks for p in ws.progress()
                                                        if p["node"] == sampler_id)
@@ -140,7 +154,18 @@ def test_every_api_workflow_runs_with_progress_and_previews(server, name):
              for item in out.get(key, [])]
     assert saved, f"{name} saved nothing: {entry['outputs']}"
     data = server.view(saved[0]["filename"], saved[0]["subfolder"], saved[0]["type"])
-    assert video_frames(data) == 4 * latent_frames - 3
+    assert video_frames(data, saved[0]["filename"]) == 4 * latent_frames - 3
+
+
+@pytest.mark.parametrize("name", API_WORKFLOWS)
+def test_ui_twin_of_every_api_workflow_says_the_same(server, name):
+    from workflow_ui import strip_meta, ui_to_api
+
+    twin = S.WORKFLOWS / name.replace("_api.json", ".json")
+    assert twin.is_file(), f"{twin.name} (UI format) is missing beside {name}"
+    ui = json.loads(twin.read_text())
+    assert {"nodes", "links", "version"} <= set(ui)
+    assert ui_to_api(ui, server.object_info()) == strip_meta(S.load_api_workflow(name))
 
 
 # --------------------------------------------------------------------------------------------- interrupt
