@@ -296,3 +296,51 @@ def test_stock_fp8_model_runs_through_comfys_cast_ops(plugin, stock):
     assert torch.isfinite(fp8).all()
     rel = ((fp8 - ref).norm() / ref.norm()).item()
     assert 0 < rel < 0.1, rel  # fp8 rounding moves the output a little, not a lot
+
+
+# --------------------------------------------------------------------------------------------- toy demo nodes
+@pytest.fixture
+def random_toy(plugin, monkeypatch):
+    """The demo model's shape with random weights (the trained weights are a separate artefact)."""
+    from importlib import import_module
+
+    from echo_core.model.config import get_preset
+    from echo_core.model.wan import CausalWanModel
+    from echo_core.toy.codec import ToyCodec
+    from echo_core.toy.loader import SAMPLER, ToyBundle
+    from echo_core.toy.text import ToyTextEncoder
+
+    torch.manual_seed(0)
+    frames = torch.rand(8, 3, 64, 64)
+    bundle = ToyBundle(CausalWanModel(get_preset("toy")).eval(), ToyCodec.fit(frames), ToyTextEncoder.create(0),
+                       SAMPLER)
+    toy = import_module(f"{plugin.__name__}.nodes.toy")
+    monkeypatch.setattr(toy, "toy_bundle", lambda: bundle)
+    return bundle
+
+
+TOY_TL = ("a red circle bouncing on a blue striped background [1s#] | a yellow square moving left on a green "
+          "checkered background [1s@] | a red circle bouncing on a blue striped background [1s]")
+
+
+def test_toy_demo_nodes_end_to_end(plugin, random_toy):
+    from importlib import import_module
+
+    n = _nodes(plugin)
+    toy = import_module(f"{plugin.__name__}.nodes.toy")
+    ar = _out(n["loader"].LoadARVideoModel.execute("echo-forcing-toy (bundled demo)", "auto", "auto"))[0]
+    assert ar.latent_space == random_toy.latent_space and ar.spatial_compression == 4
+    assert ar.shift == random_toy.sampler_config.shift
+    assert ar.patcher.model is not random_toy.model  # the shared bundle is never moved or cast by the patcher
+    enc = _out(toy.EchoToyTextEncoder.execute())[0]
+    spec = _out(n["timeline"].PromptTimeline.execute(enc, TOY_TL, 16.0, "smooth"))[0]
+    assert torch.equal(spec.contexts[0][0], random_toy.text_encoder.encode(TOY_TL.split(" [")[0]))
+    latent = _sample(n, ar, spec, steps=2)[0]
+    assert latent["samples"].shape == (1, 16, 12, 16, 16) and latent["echo_latent_space"] == ar.latent_space
+    images = _out(toy.EchoToyDecode.execute(latent))[0]
+    assert images.shape == (4 * 12 - 3, 64, 64, 3) and 0 <= images.min() and images.max() <= 1
+    assert torch.allclose(images, random_toy.decode(latent["samples"]).permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"^samples: "):
+        toy.EchoToyDecode.execute({"samples": latent["samples"]})  # Wan latents (no tag) are refused
+    with pytest.raises(ValueError, match=r"^timeline: .*does not know the word"):
+        n["timeline"].PromptTimeline.execute(enc, "a red fox [1s]", 16.0, "smooth")
