@@ -268,3 +268,25 @@ def test_config_validation_messages():
     assert (fw.window_frames, fw.recent_frames, fw.rolling_cycle) == (21, 5, 12)
     with pytest.raises(ValueError, match="frames_per_chunk"):
         EchoCache(1, EchoConfig()).begin_chunk(timeline_chunks([1], [], (2, 2), frames_per_chunk=4)[0])
+
+
+def test_mechanisms_switch_off_to_a_sliding_window():
+    grid = (2, 2)
+    mem = HierarchicalMemoryConfig(anchor_frames=0, compressed_frames=0, recent_frames=18)
+    off = EchoConfig(memory=mem)
+    off = EchoConfig.from_dict({**off.to_dict(), **{m: {"use_old_memory": False, "use_old_recent": False}
+                                                    for m in ("smooth", "hardcut", "recall")}})
+    policy = EchoCache(1, off)
+    driver = StandIn(policy, layers=1, heads=2, head_dim=32, grid=grid)
+    records = [driver.run_chunk(c) for c in timeline_chunks([12, 3], [TM.HARDCUT], grid)]
+    for b in range(7, 12):
+        assert records[b].commit[0].frame[::4].tolist() == list(range(3 * b - 18, 3 * b + 3))
+        assert records[b].commit[0].weights is None
+    # a cut without memory starts the new scene from nothing (the +45 jump moves keys and queries alike)
+    cut = records[12].commit[0]
+    assert cut.frame[::4].tolist() == [36, 37, 38] and cut.q_pos[::4, 0].tolist() == [45, 46, 47]
+    assert cut.k_pos[::4, 0].tolist() == [45, 46, 47]
+    assert records[13].commit[0].q_pos[::4, 0].tolist() == [3, 4, 5]
+    assert records[12].report["transition"]["memory"] == "none"
+    # nothing but the window K/V (fp16), its float32 weights and rates, and the scene's first frame
+    assert policy.nbytes() == 2 * 21 * 4 * 2 * 32 * 2 + 2 * 21 * 4 * 4 + 2 * 4 * 2 * 32 * 2

@@ -141,6 +141,15 @@ def slot_positions(times: list[int], rows: int, cols: int, device=None) -> torch
     return torch.stack((t, ys, xs), dim=1)
 
 
+def slot_label(info: SlotInfo) -> str:
+    """Short report label: A<frame> anchor, C:tokens compressed, R/C<frame> recent/current, M:<origin> memory."""
+    if info.region == OLD_MEMORY:
+        return f"M:{info.label}" + (f"@{info.frame}" if info.frame is not None else "")
+    if info.region == COMPRESSED and info.frame is None:
+        return "C:tokens"
+    return f"{info.region[0].upper()}{'' if info.frame is None else info.frame}"
+
+
 def region_tokens(slots: list[SlotInfo], tokens_per_frame: int) -> dict[str, int]:
     counts = {name: 0 for name in REGIONS}
     for info in slots:

@@ -13,11 +13,25 @@ versus the official window + k_original + v_original + k_raw + history + 12 cand
 lives on `pool_device` (default CPU, like the official code, so pooled scenes cost host RAM, not GPU memory,
 and a switch pays one host->device copy of one frame per layer) in the model dtype (official: float32).
 The hot path (attend) has no host synchronisation; `end_chunk` syncs a few scalars for its report.
+
+Where this differs from the official code (spec references; defaults otherwise reproduce it):
+* Eviction (§5.4) drops the old-memory frames at the window head; if rolling already pushed them into the anchor
+  region (only when clear_after_blocks outlasts the refill) they are left to roll out. Official: drops the
+  fixed head span, which would then delete anchors.
+* Queries sit at the RoPE time of the chunk's own slots (§3.2); identical to the official rule in all regular
+  cases, consistent also with use_scene_local_timing=False after a switch (official: inconsistent).
+* Ping-pong anchors (§2.5) use the palindrome index, equal to the official r/odd rule for chunk-aligned clocks
+  and defined for unaligned ones; the RoPE jump moves the chunk's own frames (official transition_frames = 3).
+* Recall candidates keep only the sampled frames (0, 4, 8), fused in float32, pooled in the model dtype; with
+  batch > 1 scores are averaged over the batch (official: sample 0) and recall frames are per sample.
+* A switch whose memory is missing (empty pool) inserts none and says so in the report (official raises); a
+  scene end not flagged by the sampler is finished at the next switch. Without a router, recall takes the
+  manual or newest pool scene with jump = rope_jump.value.
+* A chunk shorter than frames_per_chunk (e.g. a 1-frame start-image prefill) is accepted while the window fills.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +39,7 @@ import torch
 from echo_core.cache.base import AttentionInputs, CachePolicy, ChunkInfo, KVSpan
 from echo_core.cache.echo import compression as comp
 from echo_core.cache.echo.decay import DecayPlan, diff_rates, tile_rates
+from echo_core.cache.echo.layer_state import LayerState, allocate_layer, apply_moves, drop_head_frames, reset_for_scene
 from echo_core.cache.echo.memory import (
     ANCHOR,
     COMPRESSED,
@@ -33,6 +48,7 @@ from echo_core.cache.echo.memory import (
     plan_chunk,
     region_times,
     region_tokens,
+    slot_label,
     slot_positions,
     temporal_positions,
 )
@@ -41,43 +57,17 @@ from echo_core.cache.echo.transitions import SwitchPlan, mode_name, plan_switch
 from echo_core.config import EchoConfig
 
 
-@dataclass
-class _LayerState:
-    k: torch.Tensor
-    v: torch.Tensor
-    w: torch.Tensor  # [W*S] float32 per-token weights
-    rates: torch.Tensor  # [W*S] float32 per-token decay rates (1 outside the decayed span)
-    ring_k: torch.Tensor | None = None
-    ring_v: torch.Tensor | None = None
-    ring_counts: torch.Tensor | None = None  # times each ring token was selected
-    src_k: torch.Tensor | None = None
-    src_v: torch.Tensor | None = None
-    calib_q: torch.Tensor | None = None  # Σ q [H, D]
-    calib_abs: torch.Tensor | None = None  # Σ |q̃| [H, D/2]
-    scene_q: torch.Tensor | None = None  # Σ q over the scene, for recall scoring
-    cands: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    select: tuple[torch.Tensor, torch.Tensor] | None = None  # scene's first frame
-    comp_frames: torch.Tensor | None = None  # [M*S] origin frame of each compressed token
-    comp_spatial: torch.Tensor | None = None  # [M*S] origin in-frame index
-    k_pos: tuple[int, torch.Tensor] | None = None  # (chunk index, positions) when compressed keep origin
-
-    def tensors(self) -> list[torch.Tensor]:
-        out = [t for t in (self.k, self.v, self.w, self.rates, self.ring_k, self.ring_v, self.ring_counts,
-                           self.src_k, self.src_v, self.calib_q, self.calib_abs, self.scene_q) if t is not None]
-        for kv in list(self.cands.values()) + ([self.select] if self.select else []):
-            out.extend(kv)
-        return out
-
-
 class EchoCache(CachePolicy):
     def __init__(self, num_layers: int, config: EchoConfig | None = None, router: Any = None,
                  pool_device: torch.device | str = "cpu"):
         super().__init__(num_layers)
+        if config is not None and not isinstance(config, EchoConfig):
+            raise TypeError(f"config must be an EchoConfig, got {type(config).__name__}")
         self.config = config or EchoConfig()
         self.mem = self.config.memory
         self.router = router
         self.pool = ScenePool(self.config.recall_frames.pool_max_size, pool_device)
-        self._layers: list[_LayerState | None] = [None] * num_layers
+        self._layers: list[LayerState | None] = [None] * num_layers
         self._grid: tuple[int, int] | None = None
         self.slots: list[SlotInfo] = []
         w = self.mem.window_frames
@@ -123,7 +113,7 @@ class EchoCache(CachePolicy):
         plan = plan_chunk(self.slots, self.mem, frames=frames, scene_frames=[local + j for j in range(c)],
                           pc_start=pc_start, source=self._source_meta)
         for st in self._live_layers():
-            self._apply_moves(st, plan.moves, chunk.tokens_per_frame)
+            apply_moves(st, plan.moves, chunk.tokens_per_frame)
         self.slots = plan.slots
         self._rolled_in_scene |= plan.rolled
         s = chunk.tokens_per_frame
@@ -162,24 +152,8 @@ class EchoCache(CachePolicy):
             extra = max(extra, int(tc.use_old_memory) + (tc.old_recent_frames if tc.use_old_recent else 0))
         return min(self.mem.window_frames, self.mem.anchor_period + extra)
 
-    def _live_layers(self) -> list[_LayerState]:
+    def _live_layers(self) -> list[LayerState]:
         return [st for st in self._layers if st is not None]
-
-    @staticmethod
-    def _apply_moves(st: _LayerState, moves, s: int) -> None:
-        """Replay the plan's frame moves on one layer (K, V and the per-token decay state move together)."""
-        for mv in moves:
-            dst, src = slice(mv.dst * s, (mv.dst + 1) * s), slice(mv.src * s, (mv.src + 1) * s)
-            if mv.from_source:
-                st.k[:, :, dst] = st.src_k[:, :, src]  # type: ignore[index]
-                st.v[:, :, dst] = st.src_v[:, :, src]  # type: ignore[index]
-                st.w[dst] = 1.0
-                st.rates[dst] = 1.0
-            else:  # moves go leftwards in ascending order, so each source is read before it is overwritten
-                st.k[:, :, dst] = st.k[:, :, src]
-                st.v[:, :, dst] = st.v[:, :, src]
-                st.w[dst] = st.w[src]
-                st.rates[dst] = st.rates[src]
 
     # ------------------------------------------------------------------------------------------ switching
     def _switch(self, chunk: ChunkInfo) -> None:
@@ -207,7 +181,7 @@ class EchoCache(CachePolicy):
             elif plan.memory_from == "current_select":
                 st.k[:, :, :s], st.v[:, :, :s] = st.select  # type: ignore[misc]
             # "slot0": the memory already sits in slot 0
-            self._reset_scene_state(st, keep_frames=r + o, s=s)
+            reset_for_scene(st, r + o, s, self._source_cap)
         old_slots = self.slots
         label = plan.memory_label
         self.slots = ([SlotInfo(OLD_MEMORY, None, None, label)] if r else []) + \
@@ -232,19 +206,6 @@ class EchoCache(CachePolicy):
             self.pool.reset_smooth_anchors()
         self._switch_report = dict(mode=mode, implicit=transition is None, memory=label, old_recent_frames=o,
                                    rope_jump=plan.jump, routing=plan.routing)
-
-    def _reset_scene_state(self, st: _LayerState, keep_frames: int, s: int) -> None:
-        if st.src_k is not None:
-            p = min(keep_frames, self._source_cap)
-            st.src_k[:, :, :p * s] = st.k[:, :, :p * s]
-            st.src_v[:, :, :p * s] = st.v[:, :, :p * s]  # type: ignore[index]
-        for t in (st.calib_q, st.calib_abs, st.scene_q):
-            if t is not None:
-                t.zero_()
-        st.cands.clear()
-        st.comp_frames = st.comp_spatial = None
-        st.w.fill_(1.0)
-        st.rates.fill_(1.0)
 
     def _setup_decay(self, plan: SwitchPlan, s: int) -> None:
         self._decay = None if plan.decay is None or plan.decay.empty else plan.decay
@@ -281,25 +242,14 @@ class EchoCache(CachePolicy):
         weights = st.w[:n] if self._decay_live else None
         return AttentionInputs(q_pos, [KVSpan(st.k[:, :, :n], st.v[:, :, :n], k_pos, weights)])
 
-    def _allocate(self, layer: int, like: torch.Tensor) -> _LayerState:
-        b, h, _, d = like.shape
-        s, w, m = self._chunk_state["s"], self.mem.window_frames, self.mem
-        new = like.new_zeros
-        f32 = dict(dtype=torch.float32, device=like.device)
-        st = _LayerState(k=new((b, h, w * s, d)), v=new((b, h, w * s, d)), w=torch.ones(w * s, **f32),
-                         rates=torch.ones(w * s, **f32))
-        if m.compressed_frames > 0:
-            st.ring_k, st.ring_v = new((b, h, w * s, d)), new((b, h, w * s, d))
-            st.ring_counts = torch.zeros(w * s, dtype=torch.int32, device=like.device)
-            st.calib_q, st.calib_abs = torch.zeros(h, d, **f32), torch.zeros(h, d // 2, **f32)
-        if m.anchor_frames > 0:
-            st.src_k, st.src_v = new((b, h, self._source_cap * s, d)), new((b, h, self._source_cap * s, d))
-        if self.config.needs_recall_frames:
-            st.scene_q = torch.zeros(h, d, **f32)
+    def _allocate(self, layer: int, like: torch.Tensor) -> LayerState:
+        st = allocate_layer(like, self._chunk_state["s"], self.mem.window_frames,
+                            ring=self.mem.compressed_frames > 0, source_frames=self._source_cap,
+                            recall_stats=self.config.needs_recall_frames)
         self._layers[layer] = st
         return st
 
-    def _positions(self, st: _LayerState, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _positions(self, st: LayerState, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         cs = self._chunk_state
         key = str(device)
         if key not in cs["positions"]:
@@ -320,7 +270,7 @@ class EchoCache(CachePolicy):
             k_pos = st.k_pos[1]
         return q_pos, k_pos
 
-    def _compress(self, st: _LayerState, q: torch.Tensor, s: int) -> None:
+    def _compress(self, st: LayerState, q: torch.Tensor, s: int) -> None:
         """Re-select the compressed region from the history ring (§2.6c-d), on the chunk's first call."""
         m, w = self.mem, self.mem.window_frames
         cs = self._chunk_state
@@ -357,7 +307,7 @@ class EchoCache(CachePolicy):
         st.comp_spatial[:k] = idx % s  # type: ignore[index]
         st.k_pos = None
 
-    def _commit(self, st: _LayerState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int) -> None:
+    def _commit(self, st: LayerState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int) -> None:
         """Bookkeeping of a clean (commit) pass: history, calibration, anchor source, recall statistics."""
         cs, chunk = self._chunk_state, self._require_chunk()
         if st.ring_k is not None:
@@ -463,14 +413,7 @@ class EchoCache(CachePolicy):
                 and self._source_meta[src_drop].region == OLD_MEMORY:  # type: ignore[union-attr]
             src_drop += 1
         for st in self._live_layers():
-            st.k[:, :, :(n - drop) * s] = st.k[:, :, drop * s:n * s].clone()
-            st.v[:, :, :(n - drop) * s] = st.v[:, :, drop * s:n * s].clone()
-            st.w.fill_(1.0)
-            st.rates.fill_(1.0)
-            if st.src_k is not None and src_drop:
-                p = self._source_cap
-                st.src_k[:, :, :(p - src_drop) * s] = st.src_k[:, :, src_drop * s:].clone()
-                st.src_v[:, :, :(p - src_drop) * s] = st.src_v[:, :, src_drop * s:].clone()  # type: ignore[index]
+            drop_head_frames(st, drop, n, s, src_drop)
         self.slots = self.slots[drop:]
         self._source_meta = self._source_meta[src_drop:] + [None] * src_drop
         self._offset = max(0, self._offset - drop)
@@ -485,7 +428,7 @@ class EchoCache(CachePolicy):
         start = cs["plan"].current_start
         report: dict[str, Any] = {
             "chunk": chunk.index, "scene": self._scene, "policy": "echo",
-            "layout": [_slot_label(i) for i in self.slots],
+            "layout": [slot_label(i) for i in self.slots],
             "tokens": region_tokens(self.slots, s),
             "cache_frames": len(self.slots), "cache_tokens": len(self.slots) * s,
             "budget_tokens": self.mem.window_frames * s, "cache_bytes": self.nbytes(),
@@ -497,7 +440,7 @@ class EchoCache(CachePolicy):
         }
         st0 = self._layers[0]
         if st0 is not None and st0.comp_frames is not None and self._rolled_in_scene:
-            report["compressed_source_frames"] = sorted(set(st0.comp_frames.tolist()) - {-1})
+            report["compressed_source_frames"] = [f for f in torch.unique(st0.comp_frames).tolist() if f >= 0]
         mem_tokens = sum(1 for i in self.slots if i.region == OLD_MEMORY) * s
         live = self._live_layers()
         if mem_tokens and live:
@@ -531,10 +474,3 @@ class EchoCache(CachePolicy):
         self.slots = []
         self._chunk_state = {}
 
-
-def _slot_label(info: SlotInfo) -> str:
-    if info.region == OLD_MEMORY:
-        return f"M:{info.label}" + (f"@{info.frame}" if info.frame is not None else "")
-    if info.region == COMPRESSED and info.frame is None:
-        return "C:tokens"
-    return f"{info.region[0].upper()}{'' if info.frame is None else info.frame}"

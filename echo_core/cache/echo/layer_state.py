@@ -1,0 +1,104 @@
+"""Per-layer tensors of EchoCache and the frame-level edits the policy replays on them.
+
+Everything a layer holds lives here, sized once at the first call: the attention window, per-token weights and
+decay rates, the history ring (compression candidates), the anchor source, calibration sums, the scene's query
+sum and recall candidates, and its first frame. The layout itself is shared by all layers and planned elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from echo_core.cache.echo.memory import Move
+
+
+@dataclass
+class LayerState:
+    k: torch.Tensor  # [B, H, W*S, D] window keys (raw)
+    v: torch.Tensor
+    w: torch.Tensor  # [W*S] float32 per-token weights
+    rates: torch.Tensor  # [W*S] float32 per-token decay rates (1 outside the decayed span)
+    ring_k: torch.Tensor | None = None  # [B, H, W*S, D] history ring
+    ring_v: torch.Tensor | None = None
+    ring_counts: torch.Tensor | None = None  # [W*S] times each ring token was selected
+    src_k: torch.Tensor | None = None  # [B, H, cap*S, D] anchor source, indexed by clock frame
+    src_v: torch.Tensor | None = None
+    calib_q: torch.Tensor | None = None  # Σ q [H, D]
+    calib_abs: torch.Tensor | None = None  # Σ |q̃| [H, D/2]
+    scene_q: torch.Tensor | None = None  # Σ q over the scene, for recall scoring
+    cands: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # scene frame -> (k, v)
+    select: tuple[torch.Tensor, torch.Tensor] | None = None  # the scene's first frame
+    comp_frames: torch.Tensor | None = None  # [M*S] origin frame of each compressed token (-1 unknown)
+    comp_spatial: torch.Tensor | None = None  # [M*S] origin in-frame index
+    k_pos: tuple[int, torch.Tensor] | None = None  # (chunk index, key positions) with origin-position option
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = [t for t in (self.k, self.v, self.w, self.rates, self.ring_k, self.ring_v, self.ring_counts,
+                           self.src_k, self.src_v, self.calib_q, self.calib_abs, self.scene_q) if t is not None]
+        for kv in list(self.cands.values()) + ([self.select] if self.select else []):
+            out.extend(kv)
+        return out
+
+
+def allocate_layer(like: torch.Tensor, s: int, window: int, *, ring: bool, source_frames: int,
+                   recall_stats: bool) -> LayerState:
+    """Buffers for one layer, shaped after this call's k [B, H, L, D] (dtype and device included)."""
+    b, h, _, d = like.shape
+    new = like.new_zeros
+    f32 = dict(dtype=torch.float32, device=like.device)
+    st = LayerState(k=new((b, h, window * s, d)), v=new((b, h, window * s, d)), w=torch.ones(window * s, **f32),
+                    rates=torch.ones(window * s, **f32))
+    if ring:
+        st.ring_k, st.ring_v = new((b, h, window * s, d)), new((b, h, window * s, d))
+        st.ring_counts = torch.zeros(window * s, dtype=torch.int32, device=like.device)
+        st.calib_q, st.calib_abs = torch.zeros(h, d, **f32), torch.zeros(h, d // 2, **f32)
+    if source_frames > 0:
+        st.src_k, st.src_v = new((b, h, source_frames * s, d)), new((b, h, source_frames * s, d))
+    if recall_stats:
+        st.scene_q = torch.zeros(h, d, **f32)
+    return st
+
+
+def apply_moves(st: LayerState, moves: list[Move], s: int) -> None:
+    """Replay a plan's frame moves (K, V and the per-token decay state move together)."""
+    for mv in moves:
+        dst, src = slice(mv.dst * s, (mv.dst + 1) * s), slice(mv.src * s, (mv.src + 1) * s)
+        if mv.from_source:
+            st.k[:, :, dst] = st.src_k[:, :, src]  # type: ignore[index]
+            st.v[:, :, dst] = st.src_v[:, :, src]  # type: ignore[index]
+            st.w[dst] = 1.0
+            st.rates[dst] = 1.0
+        else:  # moves go leftwards in ascending order, so each source is read before it is overwritten
+            st.k[:, :, dst] = st.k[:, :, src]
+            st.v[:, :, dst] = st.v[:, :, src]
+            st.w[dst] = st.w[src]
+            st.rates[dst] = st.rates[src]
+
+
+def reset_for_scene(st: LayerState, keep_frames: int, s: int, source_frames: int) -> None:
+    """After a switch: the kept head frames seed the anchor source; per-scene statistics start over."""
+    if st.src_k is not None:
+        p = min(keep_frames, source_frames)
+        st.src_k[:, :, :p * s] = st.k[:, :, :p * s]
+        st.src_v[:, :, :p * s] = st.v[:, :, :p * s]  # type: ignore[index]
+    for t in (st.calib_q, st.calib_abs, st.scene_q):
+        if t is not None:
+            t.zero_()
+    st.cands.clear()
+    st.comp_frames = st.comp_spatial = None
+    st.w.fill_(1.0)
+    st.rates.fill_(1.0)
+
+
+def drop_head_frames(st: LayerState, drop: int, frames: int, s: int, source_drop: int) -> None:
+    """Remove `drop` frames at the window head (and `source_drop` at the anchor-source head); weights reset."""
+    st.k[:, :, :(frames - drop) * s] = st.k[:, :, drop * s:frames * s].clone()
+    st.v[:, :, :(frames - drop) * s] = st.v[:, :, drop * s:frames * s].clone()
+    st.w.fill_(1.0)
+    st.rates.fill_(1.0)
+    if st.src_k is not None and source_drop:
+        n = st.src_k.shape[2] - source_drop * s
+        st.src_k[:, :, :n] = st.src_k[:, :, source_drop * s:].clone()
+        st.src_v[:, :, :n] = st.src_v[:, :, source_drop * s:].clone()  # type: ignore[index]
