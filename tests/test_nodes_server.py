@@ -195,9 +195,16 @@ def _rejected(server: ComfyServer, graph: dict) -> str:
     return str(info.value)
 
 
+def _rejected_at_post(server: ComfyServer, graph: dict) -> str:
+    """A validation error: POST /prompt answers 400 and nothing runs."""
+    with pytest.raises(PromptFailed, match="answered 400") as info:
+        server.post_prompt(graph)
+    return str(info.value)
+
+
 def test_bad_inputs_come_back_naming_the_field(server):
     bad_timeline = latent_graph(timeline="a red fox [10s] | a lake [8x]")
-    msg = _rejected(server, bad_timeline)
+    msg = _rejected_at_post(server, bad_timeline)
     assert "timeline" in msg and "scene 2" in msg and "unit" in msg
 
     msg = _rejected(server, latent_graph(model_name="no_such_model.safetensors"))
@@ -205,11 +212,11 @@ def test_bad_inputs_come_back_naming_the_field(server):
 
     too_small = latent_graph()
     too_small["6"]["inputs"]["width"] = 8
-    msg = _rejected(server, too_small)
+    msg = _rejected_at_post(server, too_small)
     assert "width" in msg and "8" in msg
     no_steps = latent_graph()
     no_steps["6"]["inputs"]["steps"] = 0
-    assert "steps" in _rejected(server, no_steps)
+    assert "steps" in _rejected_at_post(server, no_steps)
 
     msg = _rejected(server, latent_graph(model_name="wrong_architecture.safetensors", prefix="wrong"))
     assert "model_name:" in msg and "VAE" in msg
@@ -240,6 +247,7 @@ def test_ten_runs_keep_resident_memory_flat(server):
         server.run_prompt(latent_graph(seed=100 + i, prefix="rss"), timeout=120)
         rss.append(server.rss_bytes())
     growth = (rss[-1] - rss[0]) / rss[0]
+    print(f"RSS after runs 1..10 (MiB): {[r // 2**20 for r in rss]}")
     assert growth < 0.10, f"RSS grew {growth:.1%} over 10 runs: {[r // 2**20 for r in rss]} MiB"
 
 
