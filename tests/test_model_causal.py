@@ -162,3 +162,19 @@ def test_start_latents_are_written_first(model):
     assert with_start.shape[2] == 9 and torch.equal(with_start[:, :, :3], start)
     # the same noise, but now conditioned on the given frames
     assert (with_start[:, :, 3:6] - without[:, :, :3]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights_run_and_stay_close_to_fp32(model, dtype):
+    """bf16/fp16 weights (how real checkpoints run): norms with affine weights must accept the fp32 residual."""
+    import copy
+
+    low = copy.deepcopy(model).to(dtype)
+    torch.manual_seed(5)
+    x = torch.randn(1, 16, 3, 4, 4)
+    t = torch.full((1, 3), 600.0)
+    ctx = torch.randn(1, 5, model.cfg.text_dim)
+    ref = _chunked(model, full_cache(2), x, t, ctx, 3)
+    out = _chunked(low, full_cache(2), x, t, ctx, 3)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).abs().max().item() < 0.05 * ref.abs().max().item()

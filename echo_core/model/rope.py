@@ -7,7 +7,16 @@ video length nor a re-assigned (relative) position is capped.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+
+# cos/sin per positions tensor: a policy hands the same positions object to every layer and every call of a
+# chunk, so the angles (and the host sync of their min/max) are computed once per chunk, not once per layer.
+# Positions tensors given to attention must therefore never be modified in place afterwards.
+# Keyed by identity (tensors compare element-wise, so they cannot be ordinary dict keys); an entry goes away
+# with its tensor.
+_MEMO: dict[int, tuple[weakref.ref, int, tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
 def axis_pairs(head_dim: int) -> tuple[int, int, int]:
@@ -41,6 +50,17 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float = 10000.0)
         cos_parts.append(torch.cos(angles).float()[idx])
         sin_parts.append(torch.sin(angles).float()[idx])
     return torch.cat(cos_parts, dim=1), torch.cat(sin_parts, dim=1)
+
+
+def rope_cos_sin_cached(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rope_cos_sin`, remembered for as long as the positions tensor lives."""
+    key = id(positions)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0]() is positions and hit[1] == head_dim:
+        return hit[2]
+    out = rope_cos_sin(positions, head_dim)
+    _MEMO[key] = (weakref.ref(positions, lambda _ref, key=key: _MEMO.pop(key, None)), head_dim, out)
+    return out
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

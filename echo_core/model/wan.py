@@ -18,7 +18,7 @@ from torch import nn
 
 from echo_core.cache.base import AttentionInputs, CachePolicy, KVSpan
 from echo_core.model.config import WanConfig
-from echo_core.model.rope import apply_rope, grid_positions, rope_cos_sin
+from echo_core.model.rope import apply_rope, grid_positions, rope_cos_sin_cached
 
 
 # --------------------------------------------------------------------------------------------- modules
@@ -37,7 +37,9 @@ class WanLayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the weights' dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type_as(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
 
 
 class WanAttention(nn.Module):
@@ -160,6 +162,15 @@ def _time_modulation(m: nn.Module, cfg: WanConfig, t: torch.Tensor, batch: int, 
     return e.view(batch, frames, cfg.dim), e0.view(batch, frames, 6, cfg.dim)
 
 
+def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a norm module to the float32 residual stream. Foreign modules (ComfyUI's) with low-precision
+    affine weights get their input in the weights' dtype, since CPU LayerNorm refuses mixed dtypes."""
+    w = getattr(norm, "weight", None)
+    if isinstance(norm, WanLayerNorm) or w is None or w.dtype == x.dtype or w.element_size() == 1:
+        return norm(x).float()
+    return norm(x.to(w.dtype)).float()
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
     """x [B, F*S, dim] float32; shift/scale [B, F, dim] applied per frame."""
     b, n, d = x.shape
@@ -174,11 +185,11 @@ def _gate(y: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
 
 def _attend(q: torch.Tensor, inputs: AttentionInputs, head_dim: int, mask: torch.Tensor | None = None):
     """Rotate q and every span's keys with their positions, weight keys/values, attend. q is [B, H, Lq, D]."""
-    cos, sin = rope_cos_sin(inputs.q_positions, head_dim)
+    cos, sin = rope_cos_sin_cached(inputs.q_positions, head_dim)
     q = apply_rope(q, cos, sin)
     keys, values = [], []
     for span in inputs.spans:
-        cos, sin = rope_cos_sin(span.positions, head_dim)
+        cos, sin = rope_cos_sin_cached(span.positions, head_dim)
         k = apply_rope(span.k, cos, sin)
         v = span.v
         if span.weights is not None:
@@ -198,7 +209,7 @@ def _block(m: nn.Module, cfg: WanConfig, layer: int, x: torch.Tensor, e0: torch.
     shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
     sa = blk.self_attn
     dtype = _dtype_of(sa.q)
-    h = _modulate(blk.norm1(x), shift1, scale1, frames).to(dtype)
+    h = _modulate(_norm(blk.norm1, x), shift1, scale1, frames).to(dtype)
     q = sa.norm_q(sa.q(h)).unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)
     k = sa.norm_k(sa.k(h)).unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)
     v = sa.v(h).unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)
@@ -206,13 +217,13 @@ def _block(m: nn.Module, cfg: WanConfig, layer: int, x: torch.Tensor, e0: torch.
     x = x + _gate(sa.o(y), gate1, frames)
 
     ca = blk.cross_attn
-    h = blk.norm3(x).to(dtype)
+    h = _norm(blk.norm3, x).to(dtype)
     ck, cv = _cross_kv(m, cfg, layer, text)
     cq = ca.norm_q(ca.q(h)).unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)
     y = F.scaled_dot_product_attention(cq, ck.to(cq.dtype), cv.to(cq.dtype)).transpose(1, 2).flatten(2)
     x = x + ca.o(y).float()
 
-    h = _modulate(blk.norm2(x), shift2, scale2, frames).to(dtype)
+    h = _modulate(_norm(blk.norm2, x), shift2, scale2, frames).to(dtype)
     return x + _gate(blk.ffn(h), gate2, frames)
 
 
@@ -233,7 +244,7 @@ def _unpatchify(m: nn.Module, cfg: WanConfig, x: torch.Tensor, e: torch.Tensor,
     frames = grid[0]
     mod = _param(m.head.modulation, x)[:, None] + e[:, :, None]  # [B, F, 2, dim]
     shift, scale = mod.unbind(2)
-    h = _modulate(m.head.norm(x), shift, scale, frames).to(_dtype_of(m.head.head))
+    h = _modulate(_norm(m.head.norm, x), shift, scale, frames).to(_dtype_of(m.head.head))
     out = m.head.head(h).float()  # [B, L, pt*ph*pw*C]
     pt, ph, pw = cfg.patch_size
     f, hh, ww = grid
