@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import timeline_route  # noqa: F401  (registers GET/POST /echo_forcing/timeline for the editor)
 from .loader import LoadARVideoModel
 from .memory import DecaySettings, SceneMemoryCache
 from .sampler import EchoForcingSampler
