@@ -87,10 +87,15 @@ def phase_scores(keys: torch.Tensor, distances: torch.Tensor, q_mean: torch.Tens
     group = max(1, min(f, max_float_bytes // max(per_frame, 1)))
     for i in range(0, f, group):  # frame groups bound the float32 copy of the keys
         kf = keys[:, :, i:i + group].float()  # [B, H, G, S, D]
-        per = torch.einsum("bhgsd,gohd->bgsoh", kf, w[i:i + group])
-        if bonus is not None:
-            per = per + torch.einsum("bhgsj,hj->bgsh", pair_moduli(kf), bonus)[:, :, :, None, :]
-        fused = per.mean(dim=(3, 4)) if fusion == "mean" else per.amax(dim=(3, 4))
+        if fusion == "mean":  # the mean over heads commutes with the dot products: contract (h, d) at once
+            fused = torch.einsum("bhgsd,ghd->bgs", kf, w[i:i + group, 0]) / h
+            if bonus is not None:
+                fused = fused + torch.einsum("bhgsj,hj->bgs", pair_moduli(kf), bonus) / h
+        else:
+            per = torch.einsum("bhgsd,gohd->bgsoh", kf, w[i:i + group])
+            if bonus is not None:
+                per = per + torch.einsum("bhgsj,hj->bgsh", pair_moduli(kf), bonus)[:, :, :, None, :]
+            fused = per.amax(dim=(3, 4))
         out[i:i + group] = fused.mean(dim=0)
     return out
 
