@@ -15,7 +15,7 @@ from . import types
 from ._host import ARModel, NodeInputError, wrap_module
 
 TOY_MODEL = "echo-forcing-toy (bundled demo)"
-DTYPES = ["auto", "bf16", "fp16", "fp32"]
+DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8"]
 FRAMES = ["auto", "3 (chunk-wise)", "1 (frame-wise)"]
 NO_LORA = "none"
 
@@ -37,9 +37,9 @@ class LoadARVideoModel(io.ComfyNode):
                 io.Combo.Input("model_name", options=_model_files(),
                                tooltip="A file in models/diffusion_models, or the bundled demo model (no download)."),
                 io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
-                               tooltip="auto keeps the file's dtype (fp8 files are dequantised to bf16). To keep fp8 "
-                                       "weights, load the file with Load Diffusion Model (weight_dtype fp8) instead: "
-                                       "the sampler accepts that MODEL too."),
+                               tooltip="auto keeps the file's dtype (fp8 files are dequantised to bf16). fp8 keeps "
+                                       "the block weights in float8 with per-row scales (half the memory of bf16), "
+                                       "computing in bf16; it works for any file, fp8 or not."),
                 io.Combo.Input("frames_per_chunk", options=FRAMES, default="auto",
                                tooltip="Latent frames generated per step of the video. auto reads the file (metadata "
                                        "or name); 3 for chunk-wise models (Self-Forcing), 1 for frame-wise ones."),
@@ -83,12 +83,16 @@ def _load_toy(weight_dtype: str, frames_per_chunk: int | None) -> ARModel:
 
     import torch
 
+    from echo_core.model.fp8_linear import quantize_blocks_fp8
+
     from .toy import toy_bundle
 
     toy = toy_bundle()
     module = copy.deepcopy(toy.model)  # our own copy: the patcher moves and casts it, the shared bundle stays as is
-    if weight_dtype in ("bf16", "fp16"):
-        module = module.to({"bf16": torch.bfloat16, "fp16": torch.float16}[weight_dtype])
+    if weight_dtype in ("bf16", "fp16", "fp8"):
+        module = module.to(torch.float16 if weight_dtype == "fp16" else torch.bfloat16)
+    if weight_dtype == "fp8":
+        quantize_blocks_fp8(module, torch.bfloat16)
     return ARModel(wrap_module(module), module.cfg, frames_per_chunk or toy.frames_per_chunk,
                    latent_space=toy.latent_space, name=TOY_MODEL, layout="toy", shift=toy.sampler_config.shift,
                    spatial_compression=toy.width // toy.latent_shape[2])

@@ -327,7 +327,34 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
-def test_fp8_dtype_request_is_explained(tmp_path, sd):
+def test_fp8_resident_weights_halve_memory_and_stay_close(tmp_path, sd):
+    from echo_core.cache.rolling import full_cache
+    from echo_core.model.fp8_linear import FP8Linear
+
     save_file(sd, str(tmp_path / "w.safetensors"))
-    with pytest.raises(ValueError, match="dequantised at load"):
-        load_causal_wan(tmp_path / "w.safetensors", dtype="fp8")
+    ref, _ = load_causal_wan(tmp_path / "w.safetensors", dtype="bf16")
+    q8, _ = load_causal_wan(tmp_path / "w.safetensors", dtype="fp8")
+    linears = [m for m in q8.blocks.modules() if isinstance(m, FP8Linear)]
+    assert len(linears) == 10 * len(q8.blocks) and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+    # dequantised weights are the originals up to e4m3 rounding (3 mantissa bits: <= 1/16 relative per element)
+    w = ref.blocks[0].self_attn.q.weight.float()
+    back = q8.blocks[0].self_attn.q.dequantized().float()
+    assert (back - w).abs().max().item() <= w.abs().max().item() / 16
+    def bytes_of(m):
+        return sum(p.numel() * p.element_size() for p in m.blocks.parameters())
+    assert bytes_of(q8) < 0.6 * bytes_of(ref)
+    torch.manual_seed(0)
+    from echo_core.cache.base import CallInfo, ChunkInfo
+
+    x, ctx = torch.randn(1, 16, 3, 4, 4), torch.randn(1, 5, ref.cfg.text_dim)
+    outs = []
+    for m in (ref, q8):
+        cache = full_cache(len(m.blocks))
+        cache.begin_chunk(ChunkInfo(0, 0, 3, (2, 2)))
+        cache.begin_call(CallInfo(0, False))
+        with torch.no_grad():
+            outs.append(m.forward_chunk(x, torch.tensor([500.0]), m.encode_text(ctx), cache))
+    assert torch.isfinite(outs[1]).all()
+    assert (outs[1] - outs[0]).abs().max().item() < 0.1 * outs[0].abs().max().item()
+
+

@@ -75,6 +75,21 @@ def test_loader_frames_per_chunk_override_and_errors(plugin, models):
         _load(n, "not_a_dit.safetensors")
 
 
+def test_loader_fp8_weights_keep_float8_blocks(plugin, models):
+    from echo_core.model.fp8_linear import FP8Linear
+
+    n = _nodes(plugin)
+    _, names = models
+    ar = _out(n["loader"].LoadARVideoModel.execute(names["wan"], "fp8", "auto"))[0]
+    linears = [m for m in ar.patcher.model.modules() if isinstance(m, FP8Linear)]
+    assert len(linears) == 20 and linears[0].weight.dtype == torch.float8_e4m3fn
+    spec = _timeline(n, "a red fox [1s]")
+    q8 = _sample(n, ar, spec, seed=1)[0]["samples"]
+    ref = _sample(n, _load(n, names["wan"]), spec, seed=1)[0]["samples"]
+    rel = ((q8 - ref).norm() / ref.norm()).item()
+    assert torch.isfinite(q8).all() and 0 < rel < 0.1, rel  # fp8 rounding moves the output a little
+
+
 # --------------------------------------------------------------------------------------------- timeline
 def test_prompt_timeline_encodes_each_scene(plugin):
     n = _nodes(plugin)

@@ -81,14 +81,16 @@ def load_causal_wan(path: str | Path, *, dtype: torch.dtype | str = torch.bfloat
                     ) -> tuple[CausalWanModel, LoadedCheckpoint]:
     """Build a CausalWanModel from a checkpoint (plus an optional LoRA merged into the weights).
 
-    dtype: "auto" keeps the file's float dtype (fp8 files -> bf16), or bf16 / fp16 / fp32.
+    dtype: "auto" keeps the file's float dtype (fp8 files -> bf16), or bf16 / fp16 / fp32, or "fp8": block Linear
+    weights stored as float8 with per-row scales (LoRA merged first), computing in bf16.
     prefer_ema: None picks `generator_ema` when present, except with a LoRA: LongLive trains and runs its LoRA on
     the plain `generator` weights (its inference config sets use_ema false).
     """
     if prefer_ema is None:
         prefer_ema = lora_path is None
     ckpt = read_checkpoint(path, prefer_ema=prefer_ema)
-    target = _resolve_dtype(dtype, getattr(torch, ckpt.metadata["file_dtype"]))
+    fp8 = isinstance(dtype, str) and dtype.lower() in ("fp8", "fp8_e4m3fn", "float8_e4m3fn")
+    target = torch.bfloat16 if fp8 else _resolve_dtype(dtype, getattr(torch, ckpt.metadata["file_dtype"]))
     sd, layout = ckpt.state_dict, ckpt.layout
     if lora_path is not None:
         lora = read_lora(lora_path)
@@ -97,6 +99,10 @@ def load_causal_wan(path: str | Path, *, dtype: torch.dtype | str = torch.bfloat
             layout = "longlive"
     cfg = ckpt.config if num_heads is None else _with_heads(ckpt.config, num_heads)
     model = _build(cfg, sd, target, device, path)
+    if fp8:
+        from echo_core.model.fp8_linear import quantize_blocks_fp8
+
+        quantize_blocks_fp8(model, target)
     meta = dict(ckpt.metadata, **({"lora": str(lora_path), "lora_strength": lora_strength} if lora_path else {}))
     return model, LoadedCheckpoint(dict(model.state_dict()), cfg, layout, ckpt.frames_per_chunk, meta)
 
@@ -256,16 +262,13 @@ def _resolve_dtype(dtype: torch.dtype | str, file_dtype: torch.dtype) -> torch.d
     if isinstance(dtype, torch.dtype):
         if dtype in (torch.bfloat16, torch.float16, torch.float32):
             return dtype
-        raise ValueError(f"dtype {dtype} is not supported; choose 'auto', 'bf16', 'fp16' or 'fp32'")
+        raise ValueError(f"dtype {dtype} is not supported; choose 'auto', 'bf16', 'fp16', 'fp32' or 'fp8'")
     name = dtype.lower()
     if name == "auto":
         return file_dtype if file_dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
     if name in _DTYPES:
         return _DTYPES[name]
-    if "fp8" in name or "float8" in name:
-        raise ValueError("dtype 'fp8' is not offered: fp8 files are dequantised at load to bf16/fp16/fp32. To run "
-                         "fp8 weights use ComfyUI's own Load Diffusion Model node with weight_dtype fp8")
-    raise ValueError(f"unknown dtype {dtype!r}; choose 'auto', 'bf16', 'fp16' or 'fp32'")
+    raise ValueError(f"unknown dtype {dtype!r}; choose 'auto', 'bf16', 'fp16', 'fp32' or 'fp8'")
 
 
 def _with_heads(cfg: WanConfig, num_heads: int) -> WanConfig:
