@@ -55,3 +55,15 @@ def comfy_server_factory(comfy_host_dir, tmp_path_factory):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tests on tiny tensors: torch's intra-op threads only add contention on a busy 2-core machine (up to 20x
+    slower), so such modules run single-threaded and restore the setting afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

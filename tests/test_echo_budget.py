@@ -9,7 +9,6 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
 
 from echo_core.cache.base import ChunkInfo
 from echo_core.cache.echo.policy import EchoCache
@@ -30,13 +29,7 @@ WORDS = ["forest", "city", "beach", "kitchen", "desert", "harbour", "library"]
 PROMPTS = [f"a quiet {WORDS[i % 7]} scene number {i} with a {WORDS[(i * 3) % 7]}" for i in range(21)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only add contention (20x slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _chunks() -> list[ChunkInfo]:

@@ -25,14 +25,7 @@ from echo_core.config import (
 from echo_core.timeline import TransitionMode as TM
 from echo_stand_in import StandIn, pingpong, timeline_chunks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only add contention (20x slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ phase score

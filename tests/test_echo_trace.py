@@ -26,13 +26,7 @@ S = 30 * 52
 H, D = 12, 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Per-frame tensors here are small: intra-op threads mostly add contention on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass
