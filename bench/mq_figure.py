@@ -65,7 +65,7 @@ def _bars(d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, va
           upper: float | None = None, fmt: str = "{:.2f}") -> None:
     x0, y0, x1, y1 = box
     d.text((x0, y0), title, fill=INK, font=_font(12))
-    top, bottom, left = y0 + 22, y1 - 8, x0 + 6
+    top, bottom, left = y0 + (32 if lines else 22), y1 - 8, x0 + 6
     finite = [v for v in values if v is not None and math.isfinite(v)]
     hi = upper if upper is not None else max(finite + [1e-9]) * 1.15
     d.line((left, bottom, x1, bottom), fill=INK)
@@ -81,13 +81,13 @@ def _bars(d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, va
         yy = bottom - (bottom - top) * min(value, hi) / hi
         for xx in range(int(left), int(x1), 8):
             d.line((xx, yy, min(xx + 4, x1), yy), fill=colour)
-        d.text((x0 + 150 + 85 * k, y0 + 2), f"--- {label} {value:.2f}", fill=colour, font=_font(10))
+        d.text((x0 + 6 + 120 * k, y0 + 16), f"--- {label} {value:.2f}", fill=colour, font=_font(10))
 
 
 def _curves(d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, curves: dict[str, list[float]],
             fps: int, xlabel: str) -> None:
     x0, y0, x1, y1 = box
-    d.text((x0, y0), title, fill=INK, font=_font(12))
+    d.text((x0, y0), f"{title} (x: {xlabel})", fill=INK, font=_font(12))
     top, bottom, left, right = y0 + 22, y1 - 18, x0 + 28, x1 - 4
     for v in (0.0, 0.5, 1.0):
         yy = bottom - (bottom - top) * v
@@ -97,7 +97,6 @@ def _curves(d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, 
     for s in range(0, int(n / fps) + 1):
         xx = left + (right - left) * s * fps / max(1, n - 1)
         d.text((xx - 3, bottom + 3), str(s), fill=INK, font=_font(10))
-    d.text((right - 60, bottom + 3), xlabel, fill=(90, 90, 90), font=_font(10))
     for name, c in curves.items():
         if len(c) < 2:
             continue
@@ -135,8 +134,8 @@ def draw_figure(result: dict, strips: dict, timeline: Any, fps: int, path: Path)
         ("continuity after smooth switch (higher better)", col("continuity"), [], 1.0, "{:.2f}"),
         ("recall fidelity", col("recall_fidelity"),
          [(chance, "chance", (200, 30, 30)), (other, "other seed", (120, 60, 0))], 1.0, "{:.2f}"),
-        (f"long run: accuracy last {stab:g} s (first: line)", col("stability_last"),
-         [(float(np.mean(col("stability_first"))), "first", (200, 30, 30))], 1.0, "{:.2f}"),
+        (f"long run: scene accuracy, last {stab:g} s", col("stability_last"),
+         [(float(np.mean(col("stability_first"))), f"first {stab:g} s (mean)", (200, 30, 30))], 1.0, "{:.2f}"),
         ("per-chunk time, ms", col("chunk_ms"), [], None, "{:.0f}"),
         ("peak cache, KB (+ scene pool)", [table[p]["cache_kb"] + table[p]["pool_kb"] for p in policies], [], None,
          "{:.0f}"),
@@ -147,8 +146,8 @@ def draw_figure(result: dict, strips: dict, timeline: Any, fps: int, path: Path)
         _bars(d, box, title, values, policies, lines, upper, fmt)
     cut = {p: _mean_curve([c for t in result["per_timeline"] for c in t[p]["cut_curves"]]) for p in policies}
     rec = {p: _mean_curve([t[p]["recall_curve"] for t in result["per_timeline"]]) for p in policies}
-    for i, (title, curves, xl) in enumerate((("new scene shown after a hard cut", cut, "s after cut"),
-                                             ("detail match over the recalled scene", rec, "s after recall"))):
+    for i, (title, curves, xl) in enumerate((("new scene shown after a hard cut", cut, "s"),
+                                             ("detail match over the recalled scene", rec, "s"))):
         r, c = divmod(len(panels) + i, cols)
         box = (10 + c * panel_w, y + r * (panel_h + 16), 10 + (c + 1) * panel_w - 20, y + r * (panel_h + 16) + panel_h)
         _curves(d, box, title, curves, fps, xl)
