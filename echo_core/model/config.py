@@ -61,6 +61,8 @@ PRESETS: dict[str, WanConfig] = {
     # Its text_dim stays 4096: ComfyUI builds the text embedding at umT5 width whatever the file holds.
     "tiny-comfy": WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096, freq_dim=256,
                             text_len=32),
+    # The bundled demo model (echo_core/toy): ~1.2M parameters, 32-dim heads, text from the toy text encoder.
+    "toy": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, text_dim=64, freq_dim=64, text_len=24),
 }
 
 

@@ -1,0 +1,90 @@
+"""Load the bundled toy model: DiT, codec, text encoder and the sampler settings it was tuned for.
+
+`load_toy_model()` reads echo_core/toy/weights/ (written by `python -m echo_core.toy.train --out ...`); the DiT
+file uses Wan key names, so `echo_core.model.loading.load_causal_wan` (and the ComfyUI loader node) read it like
+any causal Wan checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from echo_core.model.wan import CausalWanModel
+from echo_core.sampler import SamplerConfig
+from echo_core.toy.codec import CHANNELS, PATCH, StreamDecoder, ToyCodec
+from echo_core.toy.text import ToyTextEncoder
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DIT_FILE = "toy_dit.safetensors"
+ASSETS_FILE = "toy_assets.safetensors"
+LATENT_SPACE = "echo-toy"  # latents of ToyCodec (not decodable by the Wan VAE)
+
+# The project's Self-Forcing sampler (fresh noise between steps). The first step, at t = 1000, commits to the
+# scene's layout (a new scene reads its details from that step's noise, see data.py); the next steps start at
+# half noise, where that layout is plainly visible, and sharpen it.
+SAMPLER = SamplerConfig(denoising_steps=(1000.0, 500.0, 300.0, 150.0, 60.0), warp_denoising_step=False,
+                        shift=2.0, frames_per_chunk=3)
+
+
+@dataclass
+class ToyBundle:
+    model: CausalWanModel
+    codec: ToyCodec
+    text_encoder: ToyTextEncoder
+    sampler_config: SamplerConfig
+    height: int = 48
+    width: int = 48
+    fps: int = 16
+    frames_per_chunk: int = 3
+    latent_space: str = LATENT_SPACE
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one latent frame, as `sampler.generate` takes it."""
+        return CHANNELS, self.height // PATCH, self.width // PATCH
+
+    @property
+    def patch(self) -> tuple[int, int]:
+        return tuple(self.model.cfg.patch_size[1:])  # type: ignore[return-value]
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """[1, text_len, text_dim] embedding of a toy-grammar prompt."""
+        return self.text_encoder.encode(prompt)[None]
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self.codec)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [1, 16, F, h, w] -> video [4F-3, 3, H, W] in [0, 1]."""
+        return self.codec.decode_video(latents.float().cpu())
+
+
+def load_toy_model(weights_dir: str | Path | None = None, *, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> ToyBundle:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from echo_core.model.loading import load_causal_wan
+
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    missing = [n for n in (DIT_FILE, ASSETS_FILE) if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"toy model weights not found: {', '.join(str(folder / n) for n in missing)}; "
+                                f"train them with `python -m echo_core.toy.train --out {folder}`")
+    model, _ = load_causal_wan(folder / DIT_FILE, dtype=dtype, device=device)
+    assets = load_file(str(folder / ASSETS_FILE))
+    with safe_open(str(folder / ASSETS_FILE), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    codec = ToyCodec.from_state_dict(assets)
+    text = ToyTextEncoder.from_state_dict(assets, meta)
+    if text.text_dim != model.cfg.text_dim:
+        raise ValueError(f"toy text encoder gives {text.text_dim}-dim rows but the DiT expects {model.cfg.text_dim}; "
+                         f"the files in {folder} come from different training runs")
+    import json
+
+    height, width = json.loads(meta.get("toy.resolution", "[48, 48]"))
+    return ToyBundle(model.eval(), codec, text, SAMPLER, height=int(height), width=int(width),
+                     fps=int(meta.get("toy.fps", "16")))

@@ -1,0 +1,277 @@
+"""Train the bundled toy model on CPU: `python -m echo_core.toy.train --out <dir>`.
+
+Diffusion forcing over 21-frame windows (see data.py for the window kinds): every block of a window gets its
+own noise level, 30% of blocks (and every memory frame) are clean context with a little noise left in them
+and a timestep of 0, as the sampler's commit pass presents its own imperfect output. Frames attend block-causally;
+the loss is flow matching's velocity v = eps - x0 at t = 1000*s on the noisy blocks. Each step also trains 16
+context-free scene openings at t = 1000 on the very noise their unprompted details are read from (data.py,
+`opening_loss`), so the first denoising step of a new scene commits to a sharp layout instead of the blurry
+average of all layouts that a mean-squared-error model would otherwise predict from pure noise (the sampler
+draws fresh noise at every step, so a layout that is not committed at once never is). Everything is seeded
+(data per step, noise per step, init), so a run with the same arguments and thread count gives the same weights.
+
+Writes into --out: toy_dit.safetensors (EMA weights, Wan key names, config in metadata), toy_assets.safetensors
+(codec + text encoder), train_log.jsonl (loss curve) and train_state.pt (for --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from echo_core.model.config import get_preset
+from echo_core.model.loading import save_checkpoint
+from echo_core.model.wan import CausalWanModel, block_causal_mask
+from echo_core.toy.codec import ToyCodec
+from echo_core.toy.data import (
+    Openings,
+    fit_frames,
+    opening_blocks,
+    render_segment,
+    sample_batch,
+    starts_from_prediction,
+)
+from echo_core.toy.seqforward import window_forward, window_mask
+from echo_core.toy.text import ToyTextEncoder
+
+DIT_FILE = "toy_dit.safetensors"
+ASSETS_FILE = "toy_assets.safetensors"
+LOG_FILE = "train_log.jsonl"
+STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 4
+    lr: float = 1e-3
+    warmup: int = 100
+    final_lr_frac: float = 0.05
+    decay_frac: float = 0.25
+    weight_decay: float = 0.01
+    ema: float = 0.998
+    p_clean: float = 0.3  # share of blocks given as clean context
+    p_seeded: float = 0.0  # share of in-window scene-opening blocks trained at t = 1000 on their seed noise
+    p_one: float = 0.1  # share of other blocks trained at t = 1000 (independent noise)
+    openings: int = 16  # extra context-free scene-opening blocks per step, at t = 1000 on their seed noise
+    context_noise: float = 0.1  # max std of the noise left in clean context
+    shift: float = 2.0  # noise levels s = shift*u / (1 + (shift-1)*u), u uniform: more weight on high noise
+    seed: int = 0
+    codec_frames: int = 512
+    size: int = 48  # pixels; 12x12 latents, 6x6 = 36 tokens per frame
+
+
+def save_assets(path: Path, codec: ToyCodec, text: ToyTextEncoder, cfg: TrainConfig) -> None:
+    from safetensors.torch import save_file
+
+    meta = dict(text.metadata())
+    meta["toy.resolution"] = json.dumps([cfg.size, cfg.size])
+    meta["toy.fps"] = "16"
+    save_file({k: v.contiguous() for k, v in {**codec.state_dict(), **text.state_dict()}.items()}, str(path),
+              metadata=meta)
+
+
+def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """Per-frame noise level s in [0, 1): one draw per block (0 for clean context), 0 on memory frames."""
+    b, f = blocks.shape
+    u = torch.rand(b, f, generator=g)
+    clean = torch.rand(b, f, generator=g) < cfg.p_clean
+    s = cfg.shift * u / (1 + (cfg.shift - 1) * u)
+    # Every chunk's first sampler step is at t = 1000 exactly: train there too, where the noise means nothing
+    # (only a scene-opening block's own seed noise does, see train_step).
+    s = torch.where(torch.rand(b, f, generator=g) < cfg.p_one, torch.ones_like(s), s)
+    s = torch.where(clean, torch.zeros_like(s), s)
+    first = torch.zeros_like(blocks)  # frame index of each frame's block start: frames share their block's draw
+    for i in range(b):
+        for j in range(f):
+            first[i, j] = int((blocks[i] == blocks[i, j]).nonzero()[0])
+    s = torch.gather(s, 1, first)
+    return torch.where(memory, torch.zeros_like(s), s)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Warmup, constant, then a linear cool-down over the last `decay_frac` of the steps. The constant phase does
+    not depend on the total, so a run resumed before its cool-down with more --steps equals a longer run."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    decay_start = int(cfg.steps * (1 - cfg.decay_frac))
+    if step < decay_start:
+        return cfg.lr
+    frac = (step - decay_start) / max(1, cfg.steps - decay_start)
+    return cfg.lr * (1 - (1 - cfg.final_lr_frac) * frac)
+
+
+def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+    x0 = batch.latents
+    s = noise_levels(batch.blocks, batch.memory, cfg, g)  # [B, F]
+    eps = torch.randn(x0.shape, generator=g)
+    # Scene-opening blocks: often at t = 1000 exactly with the noise their details were read from (data.py).
+    pick = torch.rand(x0.shape[0], x0.shape[2], generator=g) < cfg.p_seeded
+    first = torch.zeros_like(pick)
+    first[:, 1:] = batch.blocks[:, 1:] != batch.blocks[:, :-1]
+    first[:, 0] = True
+    seeded_start = batch.seeded & first & pick
+    seeded = torch.zeros_like(pick)
+    for i, j in seeded_start.nonzero().tolist():
+        seeded[i, j:j + 3] = batch.seeded[i, j:j + 3]
+    # t = 1000 on an opening block means "read the seed noise": never pair it with unrelated noise.
+    s = torch.where(batch.seeded & ~seeded & (s == 1), torch.full_like(s, 0.97), s)
+    s = torch.where(seeded, torch.ones_like(s), s)
+    eps = torch.where(seeded[:, None, :, None, None], batch.seed_noise, eps)
+    sv = s[:, None, :, None, None]
+    xt = (1 - sv) * x0 + sv * eps
+    clean = (s == 0)[:, None, :, None, None]
+    jitter = torch.rand(x0.shape[0], 1, x0.shape[2], 1, 1, generator=g) * cfg.context_noise
+    xt = torch.where(clean, x0 + jitter * torch.randn(x0.shape, generator=g), xt)
+    tokens = (x0.shape[-1] // 2) * (x0.shape[-2] // 2)
+    mask = window_mask(batch.blocks, tokens)
+    pred = window_forward(model, xt, s * 1000.0, batch.texts, batch.text_ids, batch.positions, mask)
+    weight = ((s > 0) & batch.valid & ~batch.memory).float()  # [B, F]
+    err = (pred - (eps - x0)).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+    loss = (err * weight).sum() / weight.sum().clamp_min(1)
+    per_kind: dict[str, list[float]] = {}
+    per_window = ((err.detach() * weight).sum(1) / weight.sum(1).clamp_min(1)).tolist()
+    for i, kind in enumerate(batch.kinds):
+        if weight[i].sum() > 0:
+            per_kind.setdefault(kind, []).append(per_window[i])
+    return loss, per_kind
+
+
+def opening_loss(model: CausalWanModel, codec: ToyCodec, openings: Openings, size: int) -> torch.Tensor:
+    """The first denoising step of a new scene, from its seed noise alone (t = 1000).
+
+    Landmarks follow the noise by a fixed local rule (data.py). Where an object starts is left to the model
+    (hard EM): the target puts each object on the token where the model's own prediction already leans, so it
+    learns to commit to one sharp object chosen by the noise instead of the average over all positions."""
+    noise, texts = openings.noise, openings.texts
+    frames, tokens = noise.shape[2], (noise.shape[-1] // 2) * (noise.shape[-2] // 2)
+    t = torch.full((noise.shape[0], frames), 1000.0)
+    pred = model.forward_sequence(noise, t, texts, block_causal_mask(frames, tokens, frames))
+    with torch.no_grad():
+        first = codec.decode_images((noise - pred)[:, :, 0])  # frame 0 of every block, [n, 3, H, W]
+        targets = [codec.encode_images(render_segment(starts_from_prediction(seg, img), torch.arange(frames), size))
+                   for seg, img in zip(openings.segments, first)]
+        x0 = torch.stack(targets).permute(0, 2, 1, 3, 4)
+    return (pred - (noise - x0)).pow(2).mean()
+
+
+def write_loss_png(log: Path, png: Path, width: int = 480, height: int = 220) -> None:
+    """A small PNG of the loss curve (total, and the scene-opening part) from train_log.jsonl."""
+    from PIL import Image, ImageDraw
+
+    recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if len(recs) < 2:
+        return
+    series = {"loss": [r["loss"] for r in recs],
+              "opening": [r["kinds"].get("opening", float("nan")) for r in recs]}
+    steps = [r["step"] for r in recs]
+    top = max(v for vals in series.values() for v in vals if v == v)
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    x0, y0, x1, y1 = 40, 10, width - 10, height - 25
+    d.rectangle([x0, y0, x1, y1], outline=(160, 160, 160))
+    for name, colour in (("loss", (200, 40, 40)), ("opening", (40, 90, 200))):
+        pts = [(x0 + (x1 - x0) * (s_ - steps[0]) / (steps[-1] - steps[0]), y1 - (y1 - y0) * v / top)
+               for s_, v in zip(steps, series[name]) if v == v]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=1)
+    d.text((x0 + 5, y0 + 3), f"total (red), scene openings (blue); max {top:.2f}", fill=(0, 0, 0))
+    d.text((x0, y1 + 5), f"step {steps[0]}", fill=(0, 0, 0))
+    d.text((x1 - 60, y1 + 5), f"step {steps[-1]}", fill=(0, 0, 0))
+    img.save(png)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m echo_core.toy.train", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="output folder for weights and the loss log")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch", type=int, default=TrainConfig.batch)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it slightly)")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.batch < 1:
+        sys.exit("error: --steps and --batch must be >= 1")
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    codec = ToyCodec.fit(fit_frames(np.random.default_rng([cfg.seed, 1]), cfg.codec_frames, cfg.size))
+    text = ToyTextEncoder.create(seed=cfg.seed)
+    save_assets(out / ASSETS_FILE, codec, text, cfg)
+
+    wcfg = get_preset("toy")
+    torch.manual_seed(cfg.seed)
+    model = CausalWanModel(wcfg)
+    torch.nn.init.zeros_(model.head.head.weight)
+    torch.nn.init.zeros_(model.head.head.bias)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    start = 0
+    if args.resume and (out / STATE_FILE).exists():
+        state = torch.load(out / STATE_FILE, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema = state["ema"]
+        start = int(state["step"])
+        print(f"resumed at step {start}", flush=True)
+    elif (out / LOG_FILE).exists():
+        (out / LOG_FILE).unlink()
+
+    t_start = time.perf_counter()
+    window: list[float] = []
+    kinds: dict[str, list[float]] = {}
+    for step in range(start, cfg.steps):
+        rng = np.random.default_rng([cfg.seed, 2, step])
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        batch = sample_batch(rng, cfg.batch, codec, text, cfg.size)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss, per_kind = train_step(model, batch, cfg, g)
+        first = opening_loss(model, codec, opening_blocks(rng, cfg.openings, text, cfg.size), cfg.size)
+        per_kind["opening"] = [float(first)]
+        loss = loss + first
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        window.append(float(loss))
+        for k, vals in per_kind.items():
+            kinds.setdefault(k, []).extend(vals)
+        if (step + 1) % args.log_every == 0 or step + 1 == cfg.steps:
+            rec = {"step": step + 1, "loss": sum(window) / len(window), "lr": lr_at(step, cfg),
+                   "grad_norm": float(gnorm), "elapsed_s": round(time.perf_counter() - t_start, 1),
+                   "kinds": {k: round(sum(v) / len(v), 4) for k, v in sorted(kinds.items())}}
+            with open(out / LOG_FILE, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(json.dumps(rec), flush=True)
+            window, kinds = [], {}
+        if (step + 1) % args.save_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(ema, out / DIT_FILE, config=wcfg,
+                            metadata={"echo_forcing.frames_per_chunk": "3", "toy.train_steps": str(step + 1),
+                                      "toy.train_config": json.dumps(cfg.__dict__)})
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step + 1},
+                       out / STATE_FILE)
+    write_loss_png(out / LOG_FILE, out / "loss_curve.png")
+    print(f"done: {cfg.steps} steps in {time.perf_counter() - t_start:.0f} s -> {out / DIT_FILE}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""The bundled toy model: codec, text encoder, training forward and data, shipped weights, demo path, quality."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from echo_core.model.config import get_preset
+from echo_core.model.wan import CausalWanModel, block_causal_mask
+from echo_core.timeline import parse_timeline
+from echo_core.toy.codec import StreamDecoder, ToyCodec, video_frames_for
+from echo_core.toy.data import (
+    WINDOW,
+    Segment,
+    details_from_noise,
+    render_segment,
+    sample_window,
+    starts_from_prediction,
+)
+from echo_core.toy.grammar import describe, parse_prompt, sample_spec
+from echo_core.toy.scorer import identify_scene
+from echo_core.toy.seqforward import window_forward, window_mask
+from echo_core.toy.text import ToyTextEncoder, word_roles
+from echo_core.toy.world import render_clip
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "echo_core" / "toy" / "weights"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from echo_core.toy import load_toy_model
+
+    return load_toy_model()
+
+
+def _clips(n: int, size: int, seed: int = 7) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    return [(spec, render_clip(spec, 500 + i, 17, height=size, width=size)) for i, spec in
+            enumerate(sample_spec(rng) for _ in range(n))]
+
+
+# ------------------------------------------------------------------------------------------------ codec
+def test_codec_round_trip_keeps_scenes_recognisable(bundle):
+    size = bundle.height
+    psnrs = []
+    for spec, clip in _clips(6, size):
+        keys = clip[::4]
+        rec = bundle.codec.decode_images(bundle.codec.encode_images(keys))
+        psnrs.append(-10 * math.log10(float((rec - keys).pow(2).mean())))
+        assert psnrs[-1] > 17.0, f"codec round trip only {psnrs[-1]:.1f} dB on {describe(spec)}"
+        other = sample_spec(np.random.default_rng(1))
+        if other.appearance() != spec.appearance():
+            idx, _ = identify_scene(rec, [spec, other])
+            assert bool((idx == 0).all())
+    assert sum(psnrs) / len(psnrs) > 24.0  # fine checks and stripes cost the most; flat scenes reach ~30 dB
+
+
+def test_codec_latents_are_normalised_and_video_lengths_follow_wan(bundle):
+    clip = _clips(1, bundle.height, seed=3)[0][1]
+    lat = bundle.codec.encode_video(clip)  # 17 frames -> 5 latent frames
+    assert lat.shape == (16, 5, bundle.height // 4, bundle.width // 4)
+    frames = torch.cat([render_clip(sample_spec(s), s, 1, height=bundle.height, width=bundle.width)
+                        for s in range(24)])
+    z = bundle.codec.encode_images(frames)
+    assert 0.5 < float(z.std()) < 1.5 and abs(float(z.mean())) < 0.5
+    assert bundle.decode(lat[None]).shape[0] == video_frames_for(5) == 17
+    with pytest.raises(ValueError, match="4T-3"):
+        bundle.codec.encode_video(clip[:16])
+
+
+def test_stream_decoding_equals_whole_video_decoding(bundle):
+    lat = torch.randn(16, 7, bundle.height // 4, bundle.width // 4)
+    whole = bundle.codec.decode_video(lat)
+    dec = StreamDecoder(bundle.codec)
+    parts = [dec.push(lat[:, i:i + 3]) for i in range(0, 7, 3)]
+    assert [p.shape[0] for p in parts] == [9, 12, 4]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_codec_fit_is_deterministic():
+    frames = torch.cat([c for _, c in _clips(3, 32)])
+    a, b = ToyCodec.fit(frames), ToyCodec.fit(frames.clone())
+    assert torch.equal(a.basis, b.basis) and torch.equal(a.latent_std, b.latent_std)
+
+
+# ------------------------------------------------------------------------------------------- text encoder
+def test_text_encoder_is_deterministic_and_shaped_like_umt5():
+    a, b = ToyTextEncoder.create(seed=0), ToyTextEncoder.create(seed=0)
+    prompt = "a red circle moving right and a white square bouncing on a blue striped background"
+    ea, eb = a.encode(prompt), b.encode(prompt)
+    assert ea.shape == (24, 64) and torch.equal(ea, eb)
+    words = len(prompt.split())
+    assert bool((ea[:words].abs().sum(1) > 0).all()) and bool((ea[words:] == 0).all())
+    assert not torch.equal(ea, a.encode(prompt.replace("red", "green")))
+    # colour word on an object vs on the background must not give the same rows
+    assert not torch.allclose(a.encode("a red circle on a blue background"),
+                              a.encode("a blue circle on a red background"))
+
+
+def test_text_roles_and_errors():
+    words = "a red circle and a blue ring on a green background".split()
+    assert word_roles(words) == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    enc = ToyTextEncoder.create()
+    with pytest.raises(ValueError, match="'dragon'"):
+        enc.encode("a red dragon on a blue background")
+    assert enc.encode("a red dragon on a blue background", strict=False).abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------- training forward, data
+def test_window_forward_equals_forward_sequence_for_one_prompt():
+    torch.manual_seed(0)
+    model = CausalWanModel(get_preset("toy"))
+    x = torch.randn(2, 16, 6, 8, 8)
+    t = torch.rand(2, 6) * 1000
+    ctx = torch.randn(2, 24, 64)
+    ref = model.forward_sequence(x, t, ctx, block_causal_mask(6, 16, 3))
+    blocks = (torch.arange(6) // 3).expand(2, 6)
+    out = window_forward(model, x, t, ctx[:, None], torch.zeros(2, 6, dtype=torch.long),
+                         torch.arange(6).expand(2, 6), window_mask(blocks, 16))
+    assert torch.allclose(out, ref, atol=1e-4)
+    # frames after a prompt switch follow the second prompt, frames before it do not see it
+    out2 = window_forward(model, x, t, torch.stack([ctx, torch.randn(2, 24, 64)], 1),
+                          torch.tensor([[0, 0, 0, 1, 1, 1]] * 2), torch.arange(6).expand(2, 6), window_mask(blocks, 16))
+    assert torch.allclose(out2[:, :, :3], ref[:, :, :3], atol=1e-4)
+    assert not torch.allclose(out2[:, :, 3:], ref[:, :, 3:], atol=1e-3)
+
+
+def test_renderer_matches_world_and_windows_follow_their_layout():
+    spec = sample_spec(11)
+    assert torch.equal(render_segment(Segment.from_world(spec, 5, 48), torch.arange(4), 48),
+                       render_clip(spec, 5, 13, height=48, width=48)[::4])
+    rng = np.random.default_rng(0)
+    for kind in ("single", "cut", "smooth", "revisit", "memory"):
+        w = sample_window(rng, size=48, kind=kind)
+        assert len(w.positions) <= WINDOW and w.images.shape[0] == len(w.positions)
+        assert w.blocks == sorted(w.blocks)
+        assert all(parse_prompt(p) for p in w.prompts)
+    revisit = sample_window(np.random.default_rng(3), size=48, kind="revisit")
+    ids = revisit.text_ids
+    first, back = ids.index(0), len(ids) - 1
+    assert ids[back] == 0 and 1 in ids[first:back]  # A, then B, then A again under A's prompt
+    # the revisit shows A's seed details again: away from the objects its pixels equal A's first frame
+    same = (revisit.images[first] - revisit.images[back]).abs().amax(0) < 1e-6
+    assert float(same.float().mean()) > 0.6
+
+
+def test_noise_seeded_details_follow_the_noise():
+    spec = parse_prompt("a red circle bouncing and a white square standing still on a blue dotted background")
+    noise = torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    seg = details_from_noise(spec, noise, 48)
+    assert seg == details_from_noise(spec, noise.clone(), 48)  # a function of the noise alone
+    shifted = details_from_noise(spec, torch.roll(noise, shifts=(2, 2), dims=(2, 3)), 48)
+    # moving the noise by one token (8 px) moves every detail that stays off the border by one token
+    moved = {(round(x * 48) + 8, round(y * 48) + 8) for x, y in seg.background.landmarks}
+    got = {(round(x * 48), round(y * 48)) for x, y in shifted.background.landmarks}
+    inner = {p for p in moved if 8 < p[0] < 40 and 8 < p[1] < 40}
+    assert inner and inner <= got
+    (x, y), (sx, sy) = seg.starts[0], shifted.starts[0]
+    assert (sx, sy) == ((x + 8) % 48, (y + 8) % 48)  # the first object sits where its noise peaks
+    # hard EM for object starts: an object goes where the model's own first-step prediction shows its colour
+    image = torch.full((3, 48, 48), 0.3)
+    image[:, 24:32, 8:16] = torch.tensor([0.90, 0.15, 0.15]).view(3, 1, 1)  # a red patch on token (row 3, col 1)
+    moved_seg = starts_from_prediction(seg, image)
+    assert moved_seg.starts[0] == (12.0, 28.0) and moved_seg.background == seg.background
+    windows = [sample_window(np.random.default_rng(k), size=48, kind="cut") for k in range(3)]
+    assert all(len(w.seed_noise) == 2 for w in windows)  # both scenes open inside the window
+
+
+# ----------------------------------------------------------------------------------------- shipped model
+def test_shipped_weights_are_small_and_load_as_a_causal_wan_checkpoint(bundle):
+    files = list(WEIGHTS.glob("*.safetensors"))
+    assert {f.name for f in files} >= {"toy_dit.safetensors", "toy_assets.safetensors"}
+    assert sum(f.stat().st_size for f in files) <= 10 * 2**20
+    from echo_core.model.loading import load_causal_wan
+
+    model, info = load_causal_wan(WEIGHTS / "toy_dit.safetensors", dtype="fp32")
+    assert info.config == get_preset("toy") and info.frames_per_chunk == 3
+    n = sum(p.numel() for p in model.parameters())
+    assert 1_000_000 <= n <= 3_000_000
+    assert bundle.latent_shape == (16, bundle.height // 4, bundle.width // 4)
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    import imageio.v2 as imageio
+
+    from echo_core.cli import main
+
+    out = tmp_path / "demo.mp4"
+    timeline = ("a red circle moving right on a blue striped background [1s] | a red circle bouncing on a blue "
+                "striped background [1s#] | a yellow triangle moving up on a green background [1s@] | a red circle "
+                "moving right on a blue striped background [1s]")
+    assert main(["demo", "--out", str(out), "--timeline", timeline, "--steps", "4", "--scale", "2"]) == 0
+    frames = imageio.mimread(str(out))
+    parsed = parse_timeline(timeline)
+    assert len(frames) == parsed.video_frames == 4 * 3 * parsed.total_chunks - 3  # Wan's 4T-3 frames
+    assert frames[0].shape[:2] == (96, 96)
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+    assert main(["demo", "--out", str(tmp_path / "bad.mp4"), "--timeline", "a red dragon on a blue background"]) == 2
+
+
+@pytest.mark.slow
+def test_trained_model_draws_the_prompted_background(bundle):
+    """What the shipped model does reliably: the prompted background (colour and pattern) with its seed's landmarks.
+    It does NOT yet draw the objects (object presence is measured and printed, not asserted): issue 5's 90% scene
+    bar, which needs the objects, is not met by these weights."""
+    import dataclasses
+
+    from echo_core.toy.grammar import COLOURS, PATTERNS
+    from echo_core.toy.run import render_timeline
+    from echo_core.toy.scorer import identify_scene, object_presence
+
+    for i, prompt in enumerate(["a green square moving left on a purple dotted background",
+                                "an orange ring bouncing and a cyan cross standing still on a white plain background",
+                                "a red circle moving right on a blue striped background"]):
+        spec = parse_prompt(prompt)
+        frames, _ = render_timeline(bundle, f"{prompt} [5s]", seed=i)
+        used = {o.colour for o in spec.objects}
+        candidates = [spec] + [dataclasses.replace(spec, background=c) for c in COLOURS
+                               if c != spec.background and c not in used]
+        candidates += [dataclasses.replace(spec, pattern=p) for p in PATTERNS if p != spec.pattern]
+        idx, _ = identify_scene(frames, candidates)
+        acc = float((idx == 0).float().mean())
+        print(f"{prompt}: background accuracy {acc:.2f}, object presence "
+              f"{object_presence(frames, spec).float().mean(0).tolist()}")
+        assert acc >= 0.9, f"background identification fell to {acc:.2f} on {prompt!r}"
