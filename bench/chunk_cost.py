@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+for _path in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)):
+    if _path not in sys.path:  # appended, not prepended: never shadow a host's top-level modules (ComfyUI's nodes)
+        sys.path.append(_path)
 
 from echo_core.model.config import preset_with  # noqa: E402
 from echo_core.model.wan import CausalWanModel  # noqa: E402

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+for _path in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)):
+    if _path not in sys.path:  # appended, not prepended: never shadow a host's top-level modules (ComfyUI's nodes)
+        sys.path.append(_path)
 
 import mq_metrics as mq  # noqa: E402
 from mq_figure import draw_figure  # noqa: E402

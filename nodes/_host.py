@@ -15,10 +15,12 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
 import torch
+from PIL import Image
 
 from echo_core.model.config import WanConfig
 from echo_core.session import ModuleModel, SpecError, wan_config_of
 
+TOY_LATENTS = "echo-toy"  # latent space of the bundled demo model's codec (echo_core.toy.loader.LATENT_SPACE)
 WAN21 = "wan21"  # latent space of the Wan 2.1 VAE (what ComfyUI's VAE Decode expects after process_out)
 
 
@@ -150,9 +152,21 @@ class ChunkProgress:
 def _previewer(latent_space: str) -> Callable[[torch.Tensor], Any] | None:
     """The host's configured previewer for Wan latents; latent->RGB factors when previews are set to none, since a
     long video is only watchable while it runs through its per-chunk previews."""
+    import latent_preview
+
+    if latent_space == TOY_LATENTS:  # the bundled demo model: its own (cheap, exact) codec draws the preview
+        from .toy import toy_bundle
+
+        codec = toy_bundle().codec
+
+        def preview_toy(x0: torch.Tensor) -> Any:
+            rgb = codec.decode_images(x0[:1, :, 0].float().cpu())[0]  # [3, H, W] in [0, 1]
+            image = Image.fromarray((rgb.permute(1, 2, 0) * 255).round().byte().numpy())
+            return ("JPEG", image, latent_preview.MAX_PREVIEW_RESOLUTION)
+
+        return preview_toy
     if latent_space != WAN21:
         return None
-    import latent_preview
 
     fmt = comfy.latent_formats.Wan21()
     previewer = latent_preview.get_previewer(comfy.model_management.get_torch_device(), fmt)
