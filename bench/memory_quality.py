@@ -12,7 +12,7 @@ memory fades at the fixed mid-range rate of its mode instead of per-location dif
 advance chunk by chunk in alternation so per-chunk times see the same machine conditions. A 2-minute
 single-prompt run per policy measures long-run stability. Writes memory_quality.md / .png / .json.
 
-    python bench/memory_quality.py            # full run (about 10-15 minutes on 2 CPU cores)
+    python bench/memory_quality.py            # full run (about 5-10 minutes on 2 CPU cores)
     python bench/memory_quality.py --quick    # a small end-to-end run (tests)
 """
 
@@ -58,7 +58,7 @@ MARKERS = {"smooth": "", "hardcut": "#", "recall": "@"}  # outgoing markers (off
 
 @dataclass(frozen=True)
 class Settings:
-    timelines: int = 6
+    timelines: int = 10  # alternate recall targets: 5 recall scene 1, 5 recall scene 3
     scene_seconds: float = 7.0
     long_seconds: float = 120.0
     stability_seconds: float = 30.0
