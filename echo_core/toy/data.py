@@ -50,13 +50,19 @@ MAX_TIME = 480  # latent frames of a scene's clock a window may start at (2 minu
 class Segment:
     """A stretch of one scene with explicit details: background (pattern phase, landmarks) and object starts.
 
-    Objects are at `starts` (pixels) at latent time `origin` and move by the world's rules from there."""
+    Drawn objects ("copies") are at `starts` (pixels) at latent time `origin` and move by the world's rules from
+    there; copy k draws `spec.objects[copies[k]]` (default: one copy per object)."""
 
     spec: SceneSpec
     background: BackgroundDetails
     starts: tuple[tuple[float, float], ...]
     directions: tuple[tuple[float, float], ...]
     origin: int = 0
+    copies: tuple[int, ...] | None = None
+
+    @property
+    def drawn(self) -> tuple[int, ...]:
+        return self.copies if self.copies is not None else tuple(range(len(self.spec.objects)))
 
     @classmethod
     def from_world(cls, spec: SceneSpec, seed: int, size: int = 48) -> "Segment":
@@ -81,7 +87,8 @@ def _centres(seg: Segment, times: torch.Tensor, size: int, fps: float) -> list[t
     geo = Geometry(size, size)
     dt = (4 * times - 4 * seg.origin).to(torch.float64) / fps
     out = []
-    for obj, (x0, y0), direction in zip(seg.spec.objects, seg.starts, seg.directions):
+    for k, (x0, y0), direction in zip(seg.drawn, seg.starts, seg.directions):
+        obj = seg.spec.objects[k]
         d = geo.speed * dt
         x, y = torch.full_like(dt, x0), torch.full_like(dt, y0)
         if obj.motion in ("left", "right"):
@@ -111,7 +118,8 @@ def render_segment(seg: Segment, times: torch.Tensor, size: int = 48, fps: float
     frames = image.expand(len(times), 3, size, size).clone()
     ys = torch.arange(size, dtype=torch.float32).view(-1, 1).expand(size, size)
     xs = torch.arange(size, dtype=torch.float32).view(1, -1).expand(size, size)
-    for obj, (cx, cy) in zip(seg.spec.objects, _centres(seg, times, size, fps)):
+    for k, (cx, cy) in zip(seg.drawn, _centres(seg, times, size, fps)):
+        obj = seg.spec.objects[k]
         dx = _wrap(xs - cx.float().view(-1, 1, 1), size)
         dy = _wrap(ys - cy.float().view(-1, 1, 1), size)
         alpha = coverage(shape_sdf(obj.shape, dx, dy, geo.radius)).unsqueeze(1)
@@ -119,19 +127,36 @@ def render_segment(seg: Segment, times: torch.Tensor, size: int = 48, fps: float
     return frames.clamp_(0.0, 1.0)
 
 
+def object_mask(seg: Segment, times: torch.Tensor, size: int = 48, fps: float = 16) -> torch.Tensor:
+    """[T, size, size] coverage of the objects of `seg` at latent times `times`."""
+    geo = Geometry(size, size)
+    ys = torch.arange(size, dtype=torch.float32).view(-1, 1).expand(size, size)
+    xs = torch.arange(size, dtype=torch.float32).view(1, -1).expand(size, size)
+    mask = torch.zeros(len(times), size, size)
+    for k, (cx, cy) in zip(seg.drawn, _centres(seg, times, size, fps)):
+        dx = _wrap(xs - cx.float().view(-1, 1, 1), size)
+        dy = _wrap(ys - cy.float().view(-1, 1, 1), size)
+        mask = torch.maximum(mask, coverage(shape_sdf(seg.spec.objects[k].shape, dx, dy, geo.radius)))
+    return mask
+
+
 def continue_smoothly(seg: Segment, new_spec: SceneSpec, at_time: int, size: int = 48, fps: float = 16) -> Segment:
     """`new_spec` (same objects and background, new motions), every object starting where it is at `at_time`."""
     pos = _centres(seg, torch.tensor([at_time]), size, fps)
     starts = tuple((float(x[0]), float(y[0])) for x, y in pos)
-    return Segment(new_spec, seg.background, starts, seg.directions, at_time)
+    return Segment(new_spec, seg.background, starts, seg.directions, at_time, seg.copies)
 
 
 # ------------------------------------------------------------------------------------ noise-seeded details
 # A scene's unprompted details come from the noise of the first denoising step of its first chunk (t = 1000),
 # the model's counterpart of a clip seed. The rules are translation-equivariant (a DiT with relative positions
-# cannot know absolute positions from pure noise, only where the noise is): a landmark sits on every token whose
-# noise is high in channel 0 (a token-local rule), object i on the token where channel i+1 peaks.
+# cannot know absolute positions from pure noise, only where the noise is) and token-local, which a small DiT
+# learns within a few hundred steps: a landmark sits on every token whose noise is high in channel 0, a copy of
+# object i on every token whose noise is high in channel i+1. Exactly one copy would need a global argmax over
+# the tokens, which this model did not learn within the training budget; so a scene opens with 0-4 copies of
+# each object (about 2.3 on average).
 LANDMARK_THRESHOLD = 0.64  # on the token mean of channel 0 (std 0.5): ~10% of tokens, ~3.6 landmarks
+OBJECT_THRESHOLD = 0.76  # on channels 1, 2: ~2.3 copies of each object; none in ~10% of openings
 BOUNCE_DIRECTION = (math.cos(math.pi / 4), math.sin(math.pi / 4))
 PHASE = (0.0, 0.0)  # pattern period = one token (8 px at 48 px), so the pattern is the same in every token
 
@@ -147,14 +172,13 @@ def details_from_noise(spec: SceneSpec, noise: torch.Tensor, size: int) -> Segme
     gh, gw = feat.shape[1:]
     rows, cols = torch.nonzero(feat[0] > LANDMARK_THRESHOLD, as_tuple=True)
     landmarks = tuple(((float(c) + 0.5) / gw, (float(r) + 0.5) / gh) for r, c in zip(rows, cols))
-    starts, taken = [], torch.zeros(gh, gw, dtype=torch.bool)
-    for i in range(len(spec.objects)):
-        score = feat[1 + i].masked_fill(taken, float("-inf"))
-        r, c = divmod(int(score.argmax()), gw)
-        taken[max(0, r - 1):r + 2, max(0, c - 1):c + 2] = True  # keep the second object off the first
-        starts.append(((c + 0.5) * size / gw, (r + 0.5) * size / gh))
+    starts, copies = [], []
+    for i in range(len(spec.objects)):  # every token whose noise is high in channel i+1 draws object i
+        for r, c in torch.nonzero(feat[1 + i] > OBJECT_THRESHOLD).tolist():
+            starts.append(((c + 0.5) * size / gw, (r + 0.5) * size / gh))
+            copies.append(i)
     return Segment(spec, BackgroundDetails(PHASE, True, landmarks), tuple(starts),
-                   (BOUNCE_DIRECTION,) * len(spec.objects))
+                   (BOUNCE_DIRECTION,) * len(starts), copies=tuple(copies))
 
 
 def _noise(rng: np.random.Generator, size: int) -> torch.Tensor:
@@ -165,7 +189,7 @@ def _noise(rng: np.random.Generator, size: int) -> torch.Tensor:
 class Openings:
     """Scene-opening blocks alone (no context), for training the first denoising step."""
 
-    segments: list[Segment]  # details read from the noise (landmarks); object starts are re-chosen in training
+    segments: list[Segment]  # the scenes their noise implies
     noise: torch.Tensor  # [n, 16, 3, h, w] the first-step noise of each block
     texts: torch.Tensor  # [n, L, D]
 
@@ -179,23 +203,6 @@ def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int
         noises.append(noise)
         texts.append(text_encoder.encode(describe(spec)))
     return Openings(segments, torch.stack(noises), torch.stack(texts))
-
-
-def starts_from_prediction(seg: Segment, image: torch.Tensor) -> Segment:
-    """`seg` with each object moved to the token whose pixels in `image` [3, H, W] look most like that object's
-    colour (other objects' tokens and their neighbours excluded): where the model already leans to put it."""
-    size = image.shape[-1]
-    grid = size // 8
-    taken = torch.zeros(grid, grid, dtype=torch.bool)
-    starts = []
-    for obj in seg.spec.objects:
-        colour = torch.tensor(COLOURS[obj.colour]).view(3, 1, 1)
-        close = -(image - colour).pow(2).sum(0)  # [H, W]
-        score = torch.nn.functional.avg_pool2d(close[None, None], 8)[0, 0].masked_fill(taken, float("-inf"))
-        r, c = divmod(int(score.argmax()), grid)
-        taken[max(0, r - 1):r + 2, max(0, c - 1):c + 2] = True
-        starts.append(((c + 0.5) * size / grid, (r + 0.5) * size / grid))
-    return Segment(seg.spec, seg.background, tuple(starts), seg.directions, seg.origin)
 
 
 def new_scene(rng: np.random.Generator, spec: SceneSpec, size: int) -> tuple[Segment, torch.Tensor]:

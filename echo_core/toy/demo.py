@@ -139,9 +139,7 @@ def print_memory_summary(report: dict[str, Any], timeline: Any) -> None:
         tr = r.get("transition")
         if not tr:
             continue
-        routing = tr.get("routing") or {}
-        recalled = f", recalled scene {routing['scene'] + 1}" if routing.get("scene") is not None else ""
-        print(f"  chunk {r['chunk'] + 1}: {tr.get('mode')} into scene {r['scene'] + 1} - memory: {tr.get('memory')}, "
-              f"RoPE jump {tr.get('rope_jump')}{recalled}")
+        print(f"  chunk {r['chunk'] + 1}: {tr.get('mode')} into scene {r['scene'] + 1} - memory: {tr.get('memory')} "
+              f"(0-based scene index), RoPE jump {tr.get('rope_jump')}")
     if "pool_bytes" in (chunks[-1] if chunks else {}):
         print(f"  scene pool: {chunks[-1]['pool_size']} scenes, {chunks[-1]['pool_bytes'] / 2**10:.1f} KiB")

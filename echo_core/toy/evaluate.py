@@ -79,6 +79,16 @@ def scene_accuracy(frames: torch.Tensor, spec: SceneSpec, rng: np.random.Generat
     return (idx == 0) & object_presence(frames, spec).all(1)
 
 
+def background_accuracy(frames: torch.Tensor, spec: SceneSpec) -> torch.Tensor:
+    """[T] bool: among scenes with the same objects but another background colour or pattern, the scorer names
+    the prompted one (the part of a scene this model draws reliably)."""
+    used = {o.colour for o in spec.objects}
+    cands = [spec] + [replace(spec, background=c) for c in COLOURS if c != spec.background and c not in used]
+    cands += [replace(spec, pattern=p) for p in PATTERNS if p != spec.pattern]
+    idx, _ = identify_scene(frames, cands)
+    return idx == 0
+
+
 def eval_prompts(n: int, seed: int = EVAL_SEED) -> list[SceneSpec]:
     rng = np.random.default_rng(seed)
     return [sample_spec(rng) for _ in range(n)]
@@ -90,9 +100,12 @@ def single_scene(bundle: ToyBundle, spec: SceneSpec, *, seconds: float, seed: in
     frames, summary = render_timeline(bundle, f"{describe(spec)}[{seconds}s]", policy=policy, seed=seed)
     gen_s = time.perf_counter() - t0
     ok = scene_accuracy(frames, spec, rng).float()
+    background = float(background_accuracy(frames, spec).float().mean())
+    objects = float(object_presence(frames, spec).float().mean())
     per_30s = [round(float(ok[i:i + 30 * bundle.fps].mean()), 4) for i in range(0, len(ok), 30 * bundle.fps)]
     return {"prompt": describe(spec), "seconds": seconds, "frames": int(ok.numel()),
             "accuracy": round(float(ok.mean()), 4), "accuracy_per_30s": per_30s,
+            "background_accuracy": round(background, 4), "object_presence": round(objects, 4),
             "first_30s": per_30s[0], "last_30s": round(float(ok[-30 * bundle.fps:].mean()), 4),
             "generate_s": round(gen_s, 1), "chunk_s": round(summary.wall_s / max(1, len(summary.reports)), 3)}
 
@@ -104,7 +117,8 @@ def evaluate(bundle: ToyBundle, *, prompts: int = 8, long_runs: int = 1, policy:
     singles = []
     for i, spec in enumerate(specs[:prompts]):
         r = single_scene(bundle, spec, seconds=seconds, seed=1000 + i, policy=policy, rng=rng)
-        log(f"single {i + 1}/{prompts}: {r['accuracy']:.3f}  {r['prompt']}")
+        log(f"single {i + 1}/{prompts}: scene {r['accuracy']:.3f}, background {r['background_accuracy']:.3f}, "
+            f"objects present {r['object_presence']:.3f}  {r['prompt']}")
         singles.append(r)
     longs = []
     for i, spec in enumerate(specs[prompts:]):
@@ -118,6 +132,9 @@ def evaluate(bundle: ToyBundle, *, prompts: int = 8, long_runs: int = 1, policy:
         "policy": policy,
         "single_scene_accuracy": round(mean_single, 4),
         "single_scene_min": min((r["accuracy"] for r in singles), default=None),
+        "background_accuracy": round(float(np.mean([r["background_accuracy"] for r in singles])), 4) if singles
+        else None,
+        "object_presence": round(float(np.mean([r["object_presence"] for r in singles])), 4) if singles else None,
         "single_scene_pass": bool(mean_single >= 0.9),
         "long_run_pass": all(r["drop"] <= 0.10 for r in longs),
         "singles": singles,
