@@ -16,6 +16,9 @@ import torch
 from echo_core.cache.base import CachePolicy, CallInfo, ChunkInfo
 
 
+RENOISE_MODES = ("fresh", "ode")
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     denoising_steps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
@@ -24,6 +27,11 @@ class SamplerConfig:
     num_train_timesteps: int = 1000
     context_noise: float = 0.0  # timestep of the commit pass; the clean chunk is passed as is (official)
     frames_per_chunk: int = 3
+    # Between steps: "fresh" re-noises x0 with new noise (Self-Forcing, for distilled few-step models); "ode"
+    # re-uses the noise the model predicted, i.e. Euler steps of the flow ODE (for models trained by plain
+    # flow matching, which only sample multimodal layouts along the ODE).
+    renoise: str = "fresh"
+    eta: float = 0.0  # "ode" only: share of fresh noise mixed in (DDIM's eta; 0 = pure ODE, 1 = as "fresh")
 
     def __post_init__(self) -> None:
         if not self.denoising_steps:
@@ -37,6 +45,10 @@ class SamplerConfig:
             raise ValueError(f"shift must be > 0, got {self.shift}")
         if self.frames_per_chunk < 1:
             raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
+        if self.renoise not in RENOISE_MODES:
+            raise ValueError(f"renoise must be one of {', '.join(RENOISE_MODES)}, got {self.renoise!r}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         if not 0 <= self.context_noise < self.num_train_timesteps:
             raise ValueError(f"context_noise must lie in [0, {self.num_train_timesteps}), got {self.context_noise}")
 
@@ -151,7 +163,14 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
             x0 = x.float() - sigma * v
             if step + 1 < len(timesteps):
                 nxt = timesteps[step + 1] / config.num_train_timesteps
-                x = (1 - nxt) * x0 + nxt * torch.randn(shape, generator=gen).to(device)
+                if config.renoise == "fresh":
+                    noise = torch.randn(shape, generator=gen).to(device)
+                else:  # the noise the model predicted, optionally with some fresh noise mixed in
+                    noise = x0 + v
+                    if config.eta > 0:
+                        fresh = torch.randn(shape, generator=gen).to(device)
+                        noise = (1 - config.eta ** 2) ** 0.5 * noise + config.eta * fresh
+                x = (1 - nxt) * x0 + nxt * noise
         if on_step is not None:
             on_step(chunk, len(timesteps))
         run(x0, config.context_noise, CallInfo(len(timesteps), True), text)

@@ -44,6 +44,7 @@ class ARModel:
     layout: str = ""
     shift: float = 5.0  # timestep shift of the sampling schedule (Self-Forcing: 5)
     spatial_compression: int = 8  # pixels per latent cell of the matching VAE / codec
+    renoise: str = "fresh"  # between denoising steps (SamplerConfig.renoise): "ode" for the bundled demo model
 
 
 def wrap_module(module: torch.nn.Module) -> Any:
@@ -62,6 +63,7 @@ class Resolved:
     latent_space: str
     shift: float = 5.0
     spatial_compression: int = 8
+    renoise: str = "fresh"
 
 
 def resolve_model(model: Any) -> Resolved:
@@ -69,7 +71,7 @@ def resolve_model(model: Any) -> Resolved:
     if isinstance(model, ARModel):
         module = model.patcher.model
         return Resolved(model.patcher, ModuleModel(module, model.config), model.config, model.frames_per_chunk,
-                        model.latent_space, model.shift, model.spatial_compression)
+                        model.latent_space, model.shift, model.spatial_compression, model.renoise)
     inner = getattr(getattr(model, "model", None), "diffusion_model", None)
     if inner is None:
         raise NodeInputError("model", f"expected a Wan2.1 text-to-video MODEL or an AR video model, got "

@@ -143,10 +143,48 @@ def test_warped_timesteps_match_self_forcing():
     assert SamplerConfig(warp_denoising_step=False).timesteps() == [1000.0, 750.0, 500.0, 250.0]
 
 
+class _HalfVelocity:
+    """A stand-in model whose velocity is x / 2, so the sampler's steps can be followed by hand."""
+
+    def encode_text(self, context):
+        return context
+
+    def forward_chunk(self, x, t, text, cache):
+        return 0.5 * x
+
+
+@pytest.mark.parametrize("renoise", ["ode", "fresh"])
+def test_ode_renoise_takes_euler_steps_and_fresh_draws_new_noise(renoise):
+    cfg = SamplerConfig(denoising_steps=(1000.0, 500.0), warp_denoising_step=False, renoise=renoise)
+    out, _ = sample_video(_HalfVelocity(), full_cache(1), [torch.zeros(1, 4, 8)], ScenePlan.single(1),
+                          latent_shape=(16, 2, 2), seed=3, config=cfg)
+    noise = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(3))
+    # s = 1: v = n/2, x0 = n/2; Euler to s = 0.5: x = n + (0.5 - 1) n/2 = 3n/4; then x0 = 3n/4 - 0.5 * 3n/8 = 9n/16
+    expected = 9 / 16 * noise
+    if renoise == "ode":
+        assert torch.allclose(out, expected, atol=1e-6)
+    else:  # fresh noise at s = 0.5 gives a different chunk
+        assert (out - expected).abs().max().item() > 1e-2
+
+
+def test_ode_eta_mixes_fresh_noise_in():
+    def run(**kw):
+        cfg = SamplerConfig(denoising_steps=(1000.0, 600.0, 300.0), warp_denoising_step=False, **kw)
+        return sample_video(_HalfVelocity(), full_cache(1), [torch.zeros(1, 4, 8)], ScenePlan.single(2),
+                            latent_shape=(16, 2, 2), seed=5, config=cfg)[0]
+
+    fresh, ode, half, full = run(renoise="fresh"), run(renoise="ode"), run(renoise="ode", eta=0.5), \
+        run(renoise="ode", eta=1.0)
+    assert torch.allclose(full, fresh, atol=1e-6)  # eta 1: all fresh noise, as Self-Forcing
+    assert (half - ode).abs().max().item() > 1e-2 and (half - fresh).abs().max().item() > 1e-2
+
+
 @pytest.mark.parametrize("bad, field", [({"denoising_steps": ()}, "denoising_steps"),
                                         ({"denoising_steps": (500.0, 750.0)}, "decreasing"),
                                         ({"frames_per_chunk": 0}, "frames_per_chunk"),
-                                        ({"shift": 0}, "shift")])
+                                        ({"shift": 0}, "shift"),
+                                        ({"renoise": "ddim"}, "renoise"),
+                                        ({"eta": 1.5}, "eta")])
 def test_sampler_config_errors_name_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SamplerConfig(**bad)

@@ -16,7 +16,10 @@ from echo_core.toy.codec import StreamDecoder, ToyCodec, video_frames_for
 from echo_core.toy.data import (
     WINDOW,
     Segment,
+    _Builder,
     details_from_noise,
+    new_scene,
+    object_mask,
     render_segment,
     sample_window,
 )
@@ -165,6 +168,42 @@ def test_noise_seeded_details_follow_the_noise():
     assert set(seg.drawn) <= {0, 1}
     windows = [sample_window(np.random.default_rng(k), size=48, kind="cut") for k in range(3)]
     assert all(len(w.seed_noise) == 2 for w in windows)  # both scenes open inside the window
+
+
+def test_windows_carry_object_free_frames_for_context_fading():
+    """The context-fade augmentation blends towards these frames: they must differ from the window's frames exactly
+    where objects are drawn."""
+    spec = parse_prompt("a red circle bouncing and a white square moving left on a blue striped background")
+    seg, noise = new_scene(np.random.default_rng(2), spec, 48, seeded=False)
+    assert noise is None and len(seg.starts) == len(spec.objects) == len(seg.drawn)  # one copy of each object
+    b = _Builder(48, 16)
+    b.add(seg, [0, 5, 9], position=0, block=None)
+    w = b.build("single")
+    differs = (w.images - w.backgrounds).abs().amax(1) > 1e-6
+    drawn = object_mask(seg, torch.tensor([0, 5, 9]), 48) > 0
+    assert differs.any() and bool((differs <= drawn).all())
+    assert float((differs == drawn).float().mean()) > 0.97
+    plain = sample_window(np.random.default_rng(5), size=48, kind="cut", seeded=False)
+    assert plain.seed_noise == {} and plain.backgrounds.shape == plain.images.shape
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, flow):
+    from safetensors.torch import load_file
+
+    from echo_core.toy import load_toy_model
+    from echo_core.toy.train import main as train
+
+    args = ["--steps", "2", "--batch", "1", "--log-every", "1"] + (["--flow"] if flow else [])
+    assert train(["--out", str(tmp_path / "a")] + args) == 0
+    assert train(["--out", str(tmp_path / "b")] + args) == 0
+    a, b = (load_file(str(tmp_path / d / "toy_dit.safetensors")) for d in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # seeded: same run, same weights
+    log = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 2
+    bundle = load_toy_model(tmp_path / "a")
+    assert bundle.sampler_config.renoise == ("ode" if flow else "fresh")
+    assert len(bundle.sampler_config.denoising_steps) == (12 if flow else 5)
 
 
 # ----------------------------------------------------------------------------------------- shipped model

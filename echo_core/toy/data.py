@@ -156,7 +156,7 @@ def continue_smoothly(seg: Segment, new_spec: SceneSpec, at_time: int, size: int
 # the tokens, which this model did not learn within the training budget; so a scene opens with 0-4 copies of
 # each object (about 2.3 on average).
 LANDMARK_THRESHOLD = 0.64  # on the token mean of channel 0 (std 0.5): ~10% of tokens, ~3.6 landmarks
-OBJECT_THRESHOLD = 0.76  # on channels 1, 2: ~2.3 copies of each object; none in ~10% of openings
+OBJECT_THRESHOLD = 0.70  # on channels 1, 2: ~2.9 copies of each object; none in ~5% of openings
 BOUNCE_DIRECTION = (math.cos(math.pi / 4), math.sin(math.pi / 4))
 PHASE = (0.0, 0.0)  # pattern period = one token (8 px at 48 px), so the pattern is the same in every token
 
@@ -194,21 +194,33 @@ class Openings:
     texts: torch.Tensor  # [n, L, D]
 
 
-def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int = 48) -> Openings:
+def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int = 48,
+                   seeded: bool = True) -> Openings:
+    """Scene openings; with seeded=False their details are random and `noise` is independent of them."""
     segments, noises, texts = [], [], []
     for _ in range(count):
         spec = sample_spec(rng)
-        seg, noise = new_scene(rng, spec, size)
+        seg, noise = new_scene(rng, spec, size, seeded)
+        noise = noise if noise is not None else _noise(rng, size)
         segments.append(seg)
         noises.append(noise)
         texts.append(text_encoder.encode(describe(spec)))
     return Openings(segments, torch.stack(noises), torch.stack(texts))
 
 
-def new_scene(rng: np.random.Generator, spec: SceneSpec, size: int) -> tuple[Segment, torch.Tensor]:
-    """A scene starting now: its first block's seed noise and the details that noise implies."""
-    noise = _noise(rng, size)
-    return details_from_noise(spec, noise, size), noise
+def new_scene(rng: np.random.Generator, spec: SceneSpec, size: int,
+              seeded: bool = True) -> tuple[Segment, torch.Tensor | None]:
+    """A scene starting now. seeded: its first block's seed noise and the details that noise implies. Otherwise
+    (plain flow matching, sampled with the ODE) details drawn at random, no seed noise: one start per object."""
+    if seeded:
+        noise = _noise(rng, size)
+        return details_from_noise(spec, noise, size), noise
+    geo = Geometry(size, size)
+    landmarks = background_details(int(rng.integers(2**31))).landmarks
+    lo, hi = 1.1 * geo.radius, size - 1.1 * geo.radius
+    starts = tuple((float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))) for _ in spec.objects)
+    return Segment(spec, BackgroundDetails(PHASE, True, landmarks), starts,
+                   (BOUNCE_DIRECTION,) * len(starts)), None
 
 
 # --------------------------------------------------------------------------------------------- windows
@@ -222,6 +234,7 @@ class Window:
     prompts: list[str]
     kind: str
     seed_noise: dict[int, torch.Tensor]  # first frame index of a scene-opening block -> its noise [16, 3, h, w]
+    backgrounds: torch.Tensor  # [F, 3, H, W] the same frames without objects (context-fade augmentation)
 
 
 class _Builder:
@@ -234,6 +247,7 @@ class _Builder:
         self.memory: list[bool] = []
         self.prompts: list[str] = []
         self.seed_noise: dict[int, torch.Tensor] = {}
+        self.backgrounds: list[torch.Tensor] = []
 
     def add(self, seg: Segment, times: list[int], *, position: int, block: int | None, memory: bool = False,
             seed_noise: torch.Tensor | None = None) -> int:
@@ -245,6 +259,8 @@ class _Builder:
         if seed_noise is not None:
             self.seed_noise[len(self.positions)] = seed_noise
         self.parts.append(render_segment(seg, torch.tensor(times), self.size, self.fps))
+        empty = Segment(seg.spec, seg.background, (), (), copies=())
+        self.backgrounds.append(render_segment(empty, torch.tensor(times[:1]), self.size).expand(len(times), -1, -1, -1))
         first_block = (max(self.blocks) + 1) if self.blocks else 0
         for i in range(len(times)):
             self.positions.append(position + i)
@@ -255,7 +271,7 @@ class _Builder:
 
     def build(self, kind: str) -> Window:
         return Window(torch.cat(self.parts), self.positions, self.blocks, self.text_ids, self.memory,
-                      self.prompts, kind, self.seed_noise)
+                      self.prompts, kind, self.seed_noise, torch.cat(self.backgrounds))
 
 
 def _other_spec(rng: np.random.Generator, spec: SceneSpec) -> SceneSpec:
@@ -265,7 +281,8 @@ def _other_spec(rng: np.random.Generator, spec: SceneSpec) -> SceneSpec:
             return other
 
 
-def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kind: str | None = None) -> Window:
+def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kind: str | None = None,
+                  seeded: bool = True) -> Window:
     """One training window drawn from `rng` (deterministic given the generator state).
 
     Every scene that opens inside the window opens at latent time 0 with noise-seeded details; a scene seen
@@ -275,7 +292,7 @@ def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kin
         kind = names[int(rng.choice(len(names), p=np.array(list(KINDS.values())) / sum(KINDS.values())))]
     b = _Builder(size, fps)
     chunks = WINDOW // BLOCK
-    a, a_noise = new_scene(rng, sample_spec(rng), size)
+    a, a_noise = new_scene(rng, sample_spec(rng), size, seeded)
 
     def span(t: int, n: int) -> list[int]:
         return list(range(t, t + n))
@@ -285,7 +302,7 @@ def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kin
     elif kind == "cut":
         c1 = int(rng.integers(1, chunks))
         pos = b.add(a, span(0, c1 * BLOCK), position=0, block=None, seed_noise=a_noise)
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, seeded)
         b.add(other, span(0, (chunks - c1) * BLOCK), position=pos, block=None, seed_noise=o_noise)
     elif kind == "smooth":
         c1 = int(rng.integers(1, chunks))
@@ -296,18 +313,18 @@ def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kin
         c1 = int(rng.integers(1, 4))
         c2 = int(rng.integers(1, chunks - c1))
         pos = b.add(a, span(0, c1 * BLOCK), position=0, block=None, seed_noise=a_noise)
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, seeded)
         pos = b.add(other, span(0, c2 * BLOCK), position=pos, block=None, seed_noise=o_noise)
         back = (c1 + c2) * BLOCK + int(rng.integers(0, 60))
         b.add(a, span(back, (chunks - c1 - c2) * BLOCK), position=pos, block=None)
     elif kind == "memory":
-        _memory_window(b, rng, a, size)
+        _memory_window(b, rng, a, size, seeded)
     else:
         raise ValueError(f"unknown window kind {kind!r}; choose one of {', '.join(KINDS)}")
     return b.build(kind)
 
 
-def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int) -> None:
+def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int, seeded: bool) -> None:
     mode = rng.choice(3, p=[0.5, 0.3, 0.2])
     if mode == 0:  # recall: 1-3 early frames of the scene (a Scene Recall Frame), then the scene later on
         m = int(rng.integers(1, 4))
@@ -319,7 +336,7 @@ def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int)
     elif mode == 1:  # hard cut: a frame of the scene that ended, then a new scene far away in RoPE time
         pos = b.add(a, [int(rng.integers(0, MAX_TIME))], position=0, block=0, memory=True)
         jump = 45 if rng.random() < 0.7 else int(rng.integers(0, 7))
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, seeded)
         b.add(other, list(range(0, 6 * BLOCK)), position=pos + jump, block=None, seed_noise=o_noise)
     else:  # smooth: the chain's first frame and the last two frames of the old scene, then the new motions
         switch = 2 + int(rng.integers(0, 40))
@@ -342,6 +359,8 @@ class Batch:
     seed_noise: torch.Tensor  # [B, 16, WINDOW, h, w] first-step noise of scene-opening blocks (zeros elsewhere)
     seeded: torch.Tensor  # [B, WINDOW] bool: frames of scene-opening blocks
     kinds: list[str]
+    background: torch.Tensor  # [B, 16, WINDOW, h, w] latents of the same frames without objects
+    objects: torch.Tensor  # [B, WINDOW, h, w] share of each latent cell's pixels covered by objects
 
 
 def collate(windows: list[Window], codec, text_encoder) -> Batch:
@@ -358,11 +377,16 @@ def collate(windows: list[Window], codec, text_encoder) -> Batch:
     texts = torch.zeros(n, max_texts, text_encoder.text_len, text_encoder.text_dim)
     seed_noise = torch.zeros_like(latents)
     seeded = torch.zeros(n, WINDOW, dtype=torch.bool)
+    background = torch.zeros_like(latents)
+    objects = torch.zeros(n, WINDOW, size, size)
     for i, w in enumerate(windows):
         f = len(w.positions)
         if f > WINDOW:
             raise ValueError(f"window of kind {w.kind!r} has {f} frames, more than {WINDOW}")
         latents[i, :, :f] = codec.encode_images(w.images).permute(1, 0, 2, 3)
+        background[i, :, :f] = codec.encode_images(w.backgrounds).permute(1, 0, 2, 3)
+        drawn = ((w.images - w.backgrounds).abs().amax(1) > 1e-3).float()  # [f, H, W]
+        objects[i, :f] = torch.nn.functional.avg_pool2d(drawn[:, None], 4)[:, 0]
         positions[i, :f] = torch.tensor(w.positions)
         positions[i, f:] = torch.arange(f, WINDOW) + (max(w.positions) + 1 - f)
         blocks[i, :f] = torch.tensor(w.blocks)
@@ -375,11 +399,12 @@ def collate(windows: list[Window], codec, text_encoder) -> Batch:
             seed_noise[i, :, f0:f0 + BLOCK] = noise
             seeded[i, f0:f0 + BLOCK] = True
     return Batch(latents, positions, blocks, text_ids, texts, memory, valid, seed_noise, seeded,
-                 [w.kind for w in windows])
+                 [w.kind for w in windows], background, objects)
 
 
-def sample_batch(rng: np.random.Generator, batch: int, codec, text_encoder, size: int = 48) -> Batch:
-    return collate([sample_window(rng, size) for _ in range(batch)], codec, text_encoder)
+def sample_batch(rng: np.random.Generator, batch: int, codec, text_encoder, size: int = 48,
+                 seeded: bool = True) -> Batch:
+    return collate([sample_window(rng, size, seeded=seeded) for _ in range(batch)], codec, text_encoder)
 
 
 def fit_frames(rng: np.random.Generator, count: int, size: int = 48) -> torch.Tensor:

@@ -86,5 +86,14 @@ def load_toy_model(weights_dir: str | Path | None = None, *, device: str | torch
     import json
 
     height, width = json.loads(meta.get("toy.resolution", "[48, 48]"))
-    return ToyBundle(model.eval(), codec, text, SAMPLER, height=int(height), width=int(width),
+    with safe_open(str(folder / DIT_FILE), framework="pt") as f:
+        settings = (f.metadata() or {}).get("toy.sampler")
+    sampler = SAMPLER
+    if settings:  # the sampler the weights were trained for (train.sampler_settings)
+        raw = json.loads(settings)
+        sampler = SamplerConfig(denoising_steps=tuple(float(t) for t in raw["denoising_steps"]),
+                                warp_denoising_step=bool(raw["warp_denoising_step"]), shift=float(raw["shift"]),
+                                renoise=str(raw["renoise"]), eta=float(raw.get("eta", 0.0)),
+                                frames_per_chunk=3)
+    return ToyBundle(model.eval(), codec, text, sampler, height=int(height), width=int(width),
                      fps=int(meta.get("toy.fps", "16")))

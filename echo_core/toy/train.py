@@ -67,6 +67,11 @@ class TrainConfig:
     seed: int = 0
     codec_frames: int = 512
     size: int = 48  # pixels; 12x12 latents, 6x6 = 36 tokens per frame
+    seeded: bool = True  # noise-seeded details + fresh-noise sampler; False: plain flow matching + ODE sampler
+    object_weight: float = 8.0  # loss weight of object cells in windows: objects are a few percent of a frame,
+    # and without it the model learns the background and lets objects vanish in continuation chunks
+    p_fade: float = 0.5  # share of clean context frames whose objects are faded towards the background
+    max_fade: float = 0.7  # fade amount drawn uniformly in [0, max_fade]: the model learns to restore objects
 
 
 def save_assets(path: Path, codec: ToyCodec, text: ToyTextEncoder, cfg: TrainConfig) -> None:
@@ -95,6 +100,16 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
             first[i, j] = int((blocks[i] == blocks[i, j]).nonzero()[0])
     s = torch.gather(s, 1, first)
     return torch.where(memory, torch.zeros_like(s), s)
+
+
+def sampler_settings(cfg: TrainConfig) -> dict:
+    """The sampler the weights are made for, stored in their metadata (read by loader.load_toy_model)."""
+    if cfg.seeded:  # fresh noise between steps; the first step (t = 1000) commits to the noise-seeded layout
+        return {"denoising_steps": [1000.0, 500.0, 300.0, 150.0, 60.0], "warp_denoising_step": False, "shift": 2.0,
+                "renoise": "fresh"}
+    # Euler steps of the flow ODE: a mean-squared-error model samples multimodal layouts only along the ODE.
+    return {"denoising_steps": [1000.0 * (12 - i) / 12 for i in range(12)], "warp_denoising_step": True,
+            "shift": 2.0, "renoise": "ode"}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -130,12 +145,19 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
     xt = (1 - sv) * x0 + sv * eps
     clean = (s == 0)[:, None, :, None, None]
     jitter = torch.rand(x0.shape[0], 1, x0.shape[2], 1, 1, generator=g) * cfg.context_noise
-    xt = torch.where(clean, x0 + jitter * torch.randn(x0.shape, generator=g), xt)
+    # Exposure bias: in a rollout the context is the model's own output, whose objects are softer and fainter
+    # than rendered ones. Faded objects in clean context (the codec is linear, so a latent blend towards the
+    # object-free frame fades the objects) teach the model to restore them instead of letting them fade further.
+    fade = torch.rand(x0.shape[0], 1, x0.shape[2], 1, 1, generator=g) * cfg.max_fade
+    fade = fade * (torch.rand(fade.shape, generator=g) < cfg.p_fade)
+    context = x0 + fade * (batch.background - x0)
+    xt = torch.where(clean, context + jitter * torch.randn(x0.shape, generator=g), xt)
     tokens = (x0.shape[-1] // 2) * (x0.shape[-2] // 2)
     mask = window_mask(batch.blocks, tokens)
     pred = window_forward(model, xt, s * 1000.0, batch.texts, batch.text_ids, batch.positions, mask)
     weight = ((s > 0) & batch.valid & ~batch.memory).float()  # [B, F]
-    err = (pred - (eps - x0)).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+    cell = 1 + (cfg.object_weight - 1) * batch.objects[:, None]  # [B, 1, F, h, w]
+    err = ((pred - (eps - x0)).pow(2) * cell).mean(dim=(1, 3, 4)) / cell.mean(dim=(1, 3, 4))  # [B, F]
     loss = (err * weight).sum() / weight.sum().clamp_min(1)
     per_kind: dict[str, list[float]] = {}
     per_window = ((err.detach() * weight).sum(1) / weight.sum(1).clamp_min(1)).tolist()
@@ -145,19 +167,28 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
     return loss, per_kind
 
 
-def opening_loss(model: CausalWanModel, codec: ToyCodec, openings: Openings, size: int) -> torch.Tensor:
-    """The first denoising step of a new scene, from its seed noise alone (t = 1000) to the scene it implies.
+def opening_loss(model: CausalWanModel, codec: ToyCodec, openings: Openings, size: int, cfg: TrainConfig,
+                 g: torch.Generator) -> torch.Tensor:
+    """Context-free scene openings. Seeded: the first denoising step of a new scene, from its seed noise alone
+    (t = 1000) to the scene it implies. Otherwise plain flow matching at a random noise level.
     Object pixels weigh OBJECT_WEIGHT times more: they are a few percent of the frame."""
     noise, texts = openings.noise, openings.texts
-    frames, tokens = noise.shape[2], (noise.shape[-1] // 2) * (noise.shape[-2] // 2)
-    t = torch.full((noise.shape[0], frames), 1000.0)
-    pred = model.forward_sequence(noise, t, texts, block_causal_mask(frames, tokens, frames))
+    n, frames, tokens = noise.shape[0], noise.shape[2], (noise.shape[-1] // 2) * (noise.shape[-2] // 2)
     times = torch.arange(frames)
     with torch.no_grad():
         x0 = torch.stack([codec.encode_images(render_segment(seg, times, size)) for seg in openings.segments])
         x0 = x0.permute(0, 2, 1, 3, 4)
         cover = torch.stack([object_mask(seg, times, size) for seg in openings.segments])  # [n, f, H, W]
         weight = 1 + (OBJECT_WEIGHT - 1) * torch.nn.functional.avg_pool2d(cover, 4)[:, None]
+    if cfg.seeded:
+        s = torch.ones(n)
+    else:
+        u = torch.rand(n, generator=g)
+        s = cfg.shift * u / (1 + (cfg.shift - 1) * u)
+    sv = s[:, None, None, None, None]
+    xt = (1 - sv) * x0 + sv * noise
+    t = (s * 1000.0)[:, None].expand(n, frames)
+    pred = model.forward_sequence(xt, t, texts, block_causal_mask(frames, tokens, frames))
     return ((pred - (noise - x0)).pow(2) * weight).mean() / weight.mean()
 
 
@@ -194,17 +225,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=TrainConfig.batch)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--p-clean", type=float, default=TrainConfig.p_clean, help="share of blocks given as clean context")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (results depend on it slightly; 1 is fastest on a shared 2-core machine)")
+    p.add_argument("--flow", action="store_true",
+                   help="plain flow matching with random details, sampled by the ODE (default: noise-seeded details)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
         sys.exit("error: --steps and --batch must be >= 1")
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, seeded=not args.flow,
+                      p_clean=args.p_clean)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
+    try:  # called as a function (tests), leave the caller's torch settings as they were
+        with torch.enable_grad():
+            return _train(cfg, args)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -236,11 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(start, cfg.steps):
         rng = np.random.default_rng([cfg.seed, 2, step])
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        batch = sample_batch(rng, cfg.batch, codec, text, cfg.size)
+        batch = sample_batch(rng, cfg.batch, codec, text, cfg.size, seeded=cfg.seeded)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         loss, per_kind = train_step(model, batch, cfg, g)
-        first = opening_loss(model, codec, opening_blocks(rng, cfg.openings, text, cfg.size), cfg.size)
+        first = opening_loss(model, codec, opening_blocks(rng, cfg.openings, text, cfg.size, cfg.seeded), cfg.size,
+                             cfg, g)
         per_kind["opening"] = [float(first.detach())]
         loss = loss + first
         opt.zero_grad(set_to_none=True)
@@ -265,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         if (step + 1) % args.save_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(ema, out / DIT_FILE, config=wcfg,
                             metadata={"echo_forcing.frames_per_chunk": "3", "toy.train_steps": str(step + 1),
+                                      "toy.sampler": json.dumps(sampler_settings(cfg)),
                                       "toy.train_config": json.dumps(cfg.__dict__)})
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step + 1},
                        out / STATE_FILE)
