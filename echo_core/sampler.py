@@ -15,7 +15,6 @@ import torch
 
 from echo_core.cache.base import CachePolicy, CallInfo, ChunkInfo
 
-
 RENOISE_MODES = ("fresh", "ode")
 
 

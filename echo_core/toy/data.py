@@ -260,7 +260,8 @@ class _Builder:
             self.seed_noise[len(self.positions)] = seed_noise
         self.parts.append(render_segment(seg, torch.tensor(times), self.size, self.fps))
         empty = Segment(seg.spec, seg.background, (), (), copies=())
-        self.backgrounds.append(render_segment(empty, torch.tensor(times[:1]), self.size).expand(len(times), -1, -1, -1))
+        still = render_segment(empty, torch.tensor(times[:1]), self.size)  # the background does not move
+        self.backgrounds.append(still.expand(len(times), -1, -1, -1))
         first_block = (max(self.blocks) + 1) if self.blocks else 0
         for i in range(len(times)):
             self.positions.append(position + i)
