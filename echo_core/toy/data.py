@@ -30,6 +30,9 @@ from echo_core.toy.world import (
     LANDMARK_RGB,
     BackgroundDetails,
     Geometry,
+    ObjectDetails,
+    _trajectory,
+    _wrap_delta,
     background_details,
     coverage,
     landmark_mask,
@@ -72,35 +75,12 @@ class Segment:
                    tuple(d.direction for d in dets))
 
 
-def _wrap(d: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.remainder(d + n / 2, n) - n / 2
-
-
-def _reflect(s: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    span = hi - lo
-    u = torch.remainder(s - lo, 2 * span)
-    return lo + span - (u - span).abs()
-
-
 def _centres(seg: Segment, times: torch.Tensor, size: int, fps: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Object centres (px) at latent times `times` (latent frame j shows video frame 4j)."""
+    """Object centres (px) at latent times `times` (latent frame j shows video frame 4j), by the world's motion."""
     geo = Geometry(size, size)
-    dt = (4 * times - 4 * seg.origin).to(torch.float64) / fps
-    out = []
-    for k, (x0, y0), direction in zip(seg.drawn, seg.starts, seg.directions):
-        obj = seg.spec.objects[k]
-        d = geo.speed * dt
-        x, y = torch.full_like(dt, x0), torch.full_like(dt, y0)
-        if obj.motion in ("left", "right"):
-            x = torch.remainder(x + (d if obj.motion == "right" else -d), size)
-        elif obj.motion in ("up", "down"):
-            y = torch.remainder(y + (d if obj.motion == "down" else -d), size)
-        elif obj.motion == "bounce":
-            r = geo.radius
-            x = _reflect(x + d * direction[0], r, size - r)
-            y = _reflect(y + d * direction[1], r, size - r)
-        out.append((x, y))
-    return out
+    seconds = (4 * times - 4 * seg.origin).to(torch.float64) / fps
+    return [_trajectory(seg.spec.objects[k], ObjectDetails((x0 / size, y0 / size), direction), geo, seconds)
+            for k, (x0, y0), direction in zip(seg.drawn, seg.starts, seg.directions)]
 
 
 def _rgb(values: tuple[float, float, float]) -> torch.Tensor:
@@ -120,8 +100,8 @@ def render_segment(seg: Segment, times: torch.Tensor, size: int = 48, fps: float
     xs = torch.arange(size, dtype=torch.float32).view(1, -1).expand(size, size)
     for k, (cx, cy) in zip(seg.drawn, _centres(seg, times, size, fps)):
         obj = seg.spec.objects[k]
-        dx = _wrap(xs - cx.float().view(-1, 1, 1), size)
-        dy = _wrap(ys - cy.float().view(-1, 1, 1), size)
+        dx = _wrap_delta(xs - cx.float().view(-1, 1, 1), size)
+        dy = _wrap_delta(ys - cy.float().view(-1, 1, 1), size)
         alpha = coverage(shape_sdf(obj.shape, dx, dy, geo.radius)).unsqueeze(1)
         frames = frames * (1 - alpha) + _rgb(COLOURS[obj.colour]) * alpha
     return frames.clamp_(0.0, 1.0)
@@ -134,8 +114,8 @@ def object_mask(seg: Segment, times: torch.Tensor, size: int = 48, fps: float = 
     xs = torch.arange(size, dtype=torch.float32).view(1, -1).expand(size, size)
     mask = torch.zeros(len(times), size, size)
     for k, (cx, cy) in zip(seg.drawn, _centres(seg, times, size, fps)):
-        dx = _wrap(xs - cx.float().view(-1, 1, 1), size)
-        dy = _wrap(ys - cy.float().view(-1, 1, 1), size)
+        dx = _wrap_delta(xs - cx.float().view(-1, 1, 1), size)
+        dy = _wrap_delta(ys - cy.float().view(-1, 1, 1), size)
         mask = torch.maximum(mask, coverage(shape_sdf(seg.spec.objects[k].shape, dx, dy, geo.radius)))
     return mask
 
