@@ -31,6 +31,9 @@ class SamplerConfig:
     # flow matching, which only sample multimodal layouts along the ODE).
     renoise: str = "fresh"
     eta: float = 0.0  # "ode" only: share of fresh noise mixed in (DDIM's eta; 0 = pure ODE, 1 = as "fresh")
+    # "ode" only: re-noise to timesteps below this one with fresh noise. The ODE commits the layout at high noise;
+    # fresh-noise steps at low noise pull an imperfect model's output back onto clean images (SDEdit-style).
+    fresh_below: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.denoising_steps:
@@ -46,6 +49,8 @@ class SamplerConfig:
             raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
         if self.renoise not in RENOISE_MODES:
             raise ValueError(f"renoise must be one of {', '.join(RENOISE_MODES)}, got {self.renoise!r}")
+        if not 0 <= self.fresh_below <= self.num_train_timesteps:
+            raise ValueError(f"fresh_below must lie in [0, {self.num_train_timesteps}], got {self.fresh_below}")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         if not 0 <= self.context_noise < self.num_train_timesteps:
@@ -162,7 +167,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
             x0 = x.float() - sigma * v
             if step + 1 < len(timesteps):
                 nxt = timesteps[step + 1] / config.num_train_timesteps
-                if config.renoise == "fresh":
+                if config.renoise == "fresh" or timesteps[step + 1] < config.fresh_below:
                     noise = torch.randn(shape, generator=gen).to(device)
                 else:  # the noise the model predicted, optionally with some fresh noise mixed in
                     noise = x0 + v

@@ -224,12 +224,16 @@ class DecaySpec:
 
 
 # --------------------------------------------------------------------------------------------- run
-def sampler_config(steps: int, frames_per_chunk: int, shift: float = 5.0, renoise: str = "fresh") -> SamplerConfig:
-    """`steps` evenly spaced timesteps from 1000 down (4 -> 1000, 750, 500, 250: Self-Forcing's schedule)."""
+def sampler_config(steps: int, frames_per_chunk: int, shift: float = 5.0,
+                   base: SamplerConfig | None = None) -> SamplerConfig:
+    """`steps` evenly spaced timesteps from 1000 down (4 -> 1000, 750, 500, 250: Self-Forcing's schedule).
+    base: the sampler a model was made for (its re-noise kind and warp are kept; the step count is replaced)."""
     if steps < 1:
         raise SpecError("steps", f"must be >= 1, got {steps}")
     ts = tuple(1000.0 * (steps - i) / steps for i in range(steps))
-    return SamplerConfig(denoising_steps=ts, shift=shift, frames_per_chunk=frames_per_chunk, renoise=renoise)
+    if base is not None:
+        return replace(base, denoising_steps=ts, frames_per_chunk=frames_per_chunk)
+    return SamplerConfig(denoising_steps=ts, shift=shift, frames_per_chunk=frames_per_chunk)
 
 
 @dataclass(frozen=True)

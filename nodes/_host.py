@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from echo_core.model.config import WanConfig
+from echo_core.sampler import SamplerConfig
 from echo_core.session import ModuleModel, SpecError, wan_config_of
 
 TOY_LATENTS = "echo-toy"  # latent space of the bundled demo model's codec (echo_core.toy.loader.LATENT_SPACE)
@@ -44,7 +45,9 @@ class ARModel:
     layout: str = ""
     shift: float = 5.0  # timestep shift of the sampling schedule (Self-Forcing: 5)
     spatial_compression: int = 8  # pixels per latent cell of the matching VAE / codec
-    renoise: str = "fresh"  # between denoising steps (SamplerConfig.renoise): "ode" for the bundled demo model
+    # The sampler the weights were made for (re-noise kind, shift, warp); the sampler node sets the step count.
+    # None: Self-Forcing's (fresh noise, warped schedule with `shift`).
+    sampler: SamplerConfig | None = None
 
 
 def wrap_module(module: torch.nn.Module) -> Any:
@@ -63,7 +66,7 @@ class Resolved:
     latent_space: str
     shift: float = 5.0
     spatial_compression: int = 8
-    renoise: str = "fresh"
+    sampler: SamplerConfig | None = None
 
 
 def resolve_model(model: Any) -> Resolved:
@@ -71,7 +74,7 @@ def resolve_model(model: Any) -> Resolved:
     if isinstance(model, ARModel):
         module = model.patcher.model
         return Resolved(model.patcher, ModuleModel(module, model.config), model.config, model.frames_per_chunk,
-                        model.latent_space, model.shift, model.spatial_compression, model.renoise)
+                        model.latent_space, model.shift, model.spatial_compression, model.sampler)
     inner = getattr(getattr(model, "model", None), "diffusion_model", None)
     if inner is None:
         raise NodeInputError("model", f"expected a Wan2.1 text-to-video MODEL or an AR video model, got "

@@ -95,4 +95,4 @@ def _load_toy(weight_dtype: str, frames_per_chunk: int | None) -> ARModel:
         quantize_blocks_fp8(module, torch.bfloat16)
     return ARModel(wrap_module(module), module.cfg, frames_per_chunk or toy.frames_per_chunk,
                    latent_space=toy.latent_space, name=TOY_MODEL, layout="toy", shift=toy.sampler_config.shift,
-                   spatial_compression=toy.width // toy.latent_shape[2], renoise=toy.sampler_config.renoise)
+                   spatial_compression=toy.width // toy.latent_shape[2], sampler=toy.sampler_config)

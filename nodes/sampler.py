@@ -71,7 +71,7 @@ class EchoForcingSampler(io.ComfyNode):
         fpc = resolved.frames_per_chunk if frames_per_chunk == "auto" else int(frames_per_chunk.split()[0])
         try:
             plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
-            sampler = sampler_config(steps, fpc, resolved.shift, resolved.renoise)
+            sampler = sampler_config(steps, fpc, resolved.shift, resolved.sampler)
         except (SpecError, ConfigError) as e:
             raise NodeInputError(getattr(e, "field", "timeline"), str(e).split(": ", 1)[-1]) from None
         start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space)

@@ -177,6 +177,21 @@ def test_ode_eta_mixes_fresh_noise_in():
         run(renoise="ode", eta=1.0)
     assert torch.allclose(full, fresh, atol=1e-6)  # eta 1: all fresh noise, as Self-Forcing
     assert (half - ode).abs().max().item() > 1e-2 and (half - fresh).abs().max().item() > 1e-2
+    # fresh noise only for the steps that land below 400: the first step follows the ODE, the second is fresh
+    hybrid = run(renoise="ode", fresh_below=400.0)
+    assert (hybrid - ode).abs().max().item() > 1e-2 and (hybrid - fresh).abs().max().item() > 1e-2
+    assert torch.allclose(run(renoise="ode", fresh_below=1000.0), fresh, atol=1e-6)
+
+
+def test_node_sampler_keeps_the_models_renoise_and_sets_the_steps():
+    from echo_core.session import sampler_config
+
+    base = SamplerConfig(renoise="ode", eta=0.2, fresh_below=300.0, shift=2.0, frames_per_chunk=1)
+    cfg = sampler_config(12, 3, base=base)
+    assert (cfg.renoise, cfg.eta, cfg.fresh_below, cfg.shift, cfg.frames_per_chunk) == ("ode", 0.2, 300.0, 2.0, 3)
+    assert len(cfg.denoising_steps) == 12 and cfg.denoising_steps[0] == 1000.0
+    plain = sampler_config(4, 3, shift=5.0)
+    assert plain.renoise == "fresh" and plain.timesteps() == SamplerConfig().timesteps()
 
 
 @pytest.mark.parametrize("bad, field", [({"denoising_steps": ()}, "denoising_steps"),
@@ -184,7 +199,8 @@ def test_ode_eta_mixes_fresh_noise_in():
                                         ({"frames_per_chunk": 0}, "frames_per_chunk"),
                                         ({"shift": 0}, "shift"),
                                         ({"renoise": "ddim"}, "renoise"),
-                                        ({"eta": 1.5}, "eta")])
+                                        ({"eta": 1.5}, "eta"),
+                                        ({"fresh_below": -1.0}, "fresh_below")])
 def test_sampler_config_errors_name_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SamplerConfig(**bad)

@@ -345,7 +345,7 @@ def test_toy_demo_nodes_end_to_end(plugin, random_toy):
     toy = import_module(f"{plugin.__name__}.nodes.toy")
     ar = _out(n["loader"].LoadARVideoModel.execute("echo-forcing-toy (bundled demo)", "auto", "auto"))[0]
     assert ar.latent_space == random_toy.latent_space and ar.spatial_compression == 4
-    assert ar.shift == random_toy.sampler_config.shift
+    assert ar.shift == random_toy.sampler_config.shift and ar.sampler == random_toy.sampler_config
     assert ar.patcher.model is not random_toy.model  # the shared bundle is never moved or cast by the patcher
     enc = _out(toy.EchoToyTextEncoder.execute())[0]
     spec = _out(n["timeline"].PromptTimeline.execute(enc, TOY_TL, 16.0, "smooth"))[0]

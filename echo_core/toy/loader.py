@@ -94,6 +94,7 @@ def load_toy_model(weights_dir: str | Path | None = None, *, device: str | torch
         sampler = SamplerConfig(denoising_steps=tuple(float(t) for t in raw["denoising_steps"]),
                                 warp_denoising_step=bool(raw["warp_denoising_step"]), shift=float(raw["shift"]),
                                 renoise=str(raw["renoise"]), eta=float(raw.get("eta", 0.0)),
+                                fresh_below=float(raw.get("fresh_below", 0.0)),
                                 frames_per_chunk=3)
     return ToyBundle(model.eval(), codec, text, sampler, height=int(height), width=int(width),
                      fps=int(meta.get("toy.fps", "16")))
