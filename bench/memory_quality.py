@@ -173,7 +173,7 @@ def score_timeline(tl: BenchTimeline, runs: dict[str, mq.RunFrames], other_seed:
              for i, s in enumerate(tl.specs)}
     target = tl.specs[-1]
     for name, run in runs.items():
-        m: dict[str, Any] = {"switch": [], "contamination": [], "continuity": [], "cut_curves": []}
+        m: dict[str, Any] = {"switch": [], "contamination": [], "continuity": [], "cut_curves": [], "carryover": []}
         for i, mode in enumerate(MODES, start=1):
             first, end = chunks[i]
             if mode == "smooth":
@@ -183,6 +183,8 @@ def score_timeline(tl: BenchTimeline, runs: dict[str, mq.RunFrames], other_seed:
             m["switch"].append({"mode": mode, "chunks": k, "reached": hit})
             if mode == "hardcut":
                 m["contamination"].append(mq.contamination(run, first, end, tl.specs[i - 1], cands[i], window))
+                old_last = run.scene_frames(*chunks[i - 1])[-4:]
+                m["carryover"].append(mq.detail_carryover(run, first, end, tl.specs[i], old_last, window))
                 m["cut_curves"].append(mq.accuracy_curve(run.scene_frames(first, end), cands[i], tl.specs[i]))
         ref = run.scene_frames(*chunks[tl.recall_source])
         recalled = run.scene_frames(*chunks[-1])
@@ -218,6 +220,7 @@ def summarise(per_timeline: list[dict[str, Any]], long: dict[str, Any], runs_met
             "switches": len(switches),
             "contamination": mq.mean([c for r in rows for c in r["contamination"]]),
             "continuity": mq.mean([c for r in rows for c in r["continuity"]]),
+            "detail_carryover": mq.mean([c for r in rows for c in r["carryover"]]),
             "recall_fidelity": mq.mean([r["recall_fidelity"] for r in rows]),
             "recall_fidelity_first_scene": mq.mean(first),
             "recall_fidelity_later_scene": mq.mean(later),

@@ -7,7 +7,7 @@ Windows are in video frames; `fps` converts seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -79,6 +79,15 @@ def contamination(run: RunFrames, first_chunk: int, end_chunk: int, old: SceneSp
 def continuity(run: RunFrames, first_chunk: int, end_chunk: int, spec: SceneSpec, window: int) -> float:
     """Share of the first `window` frames after a smooth switch that keep every object (colour and shape)."""
     return object_identity(run.after(first_chunk, window, end_chunk), spec)
+
+
+def detail_carryover(run: RunFrames, first_chunk: int, end_chunk: int, new: SceneSpec, old_last: torch.Tensor,
+                     window: int) -> float:
+    """Landmark-placement match (F1, `detail_match` on a plain background) of the first `window` frames after a hard
+    cut to the last frames of the scene before it: a new scene that copies the old one's unprompted details.
+    Recall fidelity's counterpart: a policy that never forgets recalls perfectly and carries details over."""
+    frames = run.after(first_chunk, window, end_chunk)
+    return float(detail_match(frames, replace(new, pattern="plain"), old_last).mean())
 
 
 def recall_fidelity(recalled: torch.Tensor, spec: SceneSpec, reference: torch.Tensor) -> float:

@@ -16,10 +16,12 @@ def _f(v: Any, fmt: str = "{:.2f}") -> str:
 
 
 def verdict(table: dict[str, dict[str, Any]]) -> list[str]:
-    """Does Echo-Forcing beat both baselines on recall fidelity (higher) and contamination (lower)?"""
+    """Does Echo-Forcing beat both baselines on recall fidelity (higher), contamination and detail carry-over
+    (lower)?"""
     echo = table["echo"]
     out = []
-    for key, better, word in (("recall_fidelity", max, "higher"), ("contamination", min, "lower")):
+    for key, better, word in (("recall_fidelity", max, "higher"), ("contamination", min, "lower"),
+                              ("detail_carryover", min, "lower")):
         base = {b: table[b][key] for b in BASELINES}
         wins = all((echo[key] > v) if better is max else (echo[key] < v) for v in base.values())
         detail = ", ".join(f"{b} {_f(v, '{:.3f}')}" for b, v in base.items())
@@ -40,17 +42,19 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"chunk, {result['torch_threads']} torch thread(s), same model and seeds for every policy, total "
         f"{result['wall_s']:.0f} s. Deterministic except the timing columns.",
         "",
-        "| policy | switch response (chunks) | not reached | contamination | continuity | recall fidelity | "
+        "| policy | switch response (chunks) | not reached | contamination | detail carry-over | continuity | "
+        "recall fidelity | "
         "recall of scene 1 | recall of a later scene | recall vs other seed | routing correct | "
         f"accuracy first {st['stability_seconds']:g} s | last {st['stability_seconds']:g} s | ms/chunk | "
         "cache KB | pool KB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in result["policies"]:
         r = table[name]
         lines.append(
             f"| {name} | {_f(r['switch_response_chunks'])} | {r['switch_missed']}/{r['switches']} | "
-            f"{_f(r['contamination'], '{:.3f}')} | {_f(r['continuity'], '{:.3f}')} | "
+            f"{_f(r['contamination'], '{:.3f}')} | {_f(r['detail_carryover'], '{:.3f}')} | "
+            f"{_f(r['continuity'], '{:.3f}')} | "
             f"{_f(r['recall_fidelity'], '{:.3f}')} | {_f(r['recall_fidelity_first_scene'], '{:.3f}')} | "
             f"{_f(r['recall_fidelity_later_scene'], '{:.3f}')} | {_f(r['recall_vs_other_seed'], '{:.3f}')} | "
             f"{_f(r['routing_correct'])} | {_f(r['stability_first'])} | {_f(r['stability_last'])} | "
@@ -71,6 +75,10 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "where no chunk of the scene did (counted as the scene's chunk count).",
         f"- contamination: share of frames in the {st['window_seconds']:g} s after a hard cut on which the "
         "scorer still names the scene before the cut.",
+        f"- detail carry-over: landmark-placement match (F1) of the {st['window_seconds']:g} s after a hard cut to "
+        "the last frames of the scene before it (lower is better): the new scene copying the old scene's "
+        "unprompted details. It is recall fidelity's counterpart: a policy that never forgets recalls well "
+        "and carries details over.",
         f"- continuity: share of frames in the {st['window_seconds']:g} s after a smooth switch (same objects, "
         "new motions) on which every object keeps its colour and shape.",
         "- recall fidelity: seed-detail match (`detail_match`: landmark placement and pattern phase) of the "

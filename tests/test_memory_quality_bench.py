@@ -55,6 +55,10 @@ def test_metrics_on_ground_truth_clips():
     stuck = mq.RunFrames(torch.cat([frames[:24], frames[:24]]), ranges)
     assert mq.switch_response(stuck, 2, 4, b, cands) == (2, False)
     assert mq.contamination(stuck, 2, 4, a, cands, window=24) == 1.0
+    # detail carry-over: B with A's seed (A's landmarks) copies them; B with its own seed does not
+    copied = mq.RunFrames(_clips([(a, 5), (b, 5)])[0], ranges)
+    assert mq.detail_carryover(copied, 2, 4, b, frames[20:24], window=24) > 0.8
+    assert mq.detail_carryover(run, 2, 4, b, frames[20:24], window=24) < 0.4
     # a smooth variant keeps its objects; a cut to B does not keep A's
     smooth = mq.RunFrames(_clips([(a, 5), (a2, 5)])[0], ranges)
     assert mq.continuity(smooth, 2, 4, a2, window=24) == 1.0
@@ -102,8 +106,8 @@ def test_quick_run_end_to_end(tmp_path):
     for name, r in table.items():
         assert 0 <= r["switch_response_chunks"] <= scene_chunks, name
         assert r["switches"] == 3 and 0 <= r["switch_missed"] <= 3
-        for key in ("contamination", "continuity", "recall_fidelity", "recall_vs_other_seed", "stability_first",
-                    "stability_last"):
+        for key in ("contamination", "detail_carryover", "continuity", "recall_fidelity", "recall_vs_other_seed",
+                    "stability_first", "stability_last"):
             assert 0.0 <= r[key] <= 1.0, (name, key, r[key])
         assert math.isclose(r["stability_drop"], r["stability_first"] - r["stability_last"], abs_tol=1e-9)
         assert r["chunk_ms"] > 0 and r["cache_kb"] > 0
@@ -115,7 +119,8 @@ def test_quick_run_end_to_end(tmp_path):
     md = (tmp_path / "a" / "memory_quality.md").read_text()
     for name in POLICIES:
         assert f"| {name} |" in md
-    for header in ("switch response", "contamination", "continuity", "recall fidelity", "ms/chunk", "cache KB"):
+    for header in ("switch response", "contamination", "detail carry-over", "continuity", "recall fidelity",
+                   "ms/chunk", "cache KB"):
         assert header in md
     assert "Verdict" in md and "chance" in md.lower()
     from PIL import Image

@@ -136,7 +136,7 @@ def continue_smoothly(seg: Segment, new_spec: SceneSpec, at_time: int, size: int
 # the tokens, which this model did not learn within the training budget; so a scene opens with 0-4 copies of
 # each object (about 2.3 on average).
 LANDMARK_THRESHOLD = 0.64  # on the token mean of channel 0 (std 0.5): ~10% of tokens, ~3.6 landmarks
-OBJECT_THRESHOLD = 0.70  # on channels 1, 2: ~2.9 copies of each object; none in ~5% of openings
+OBJECT_THRESHOLD = 0.76  # on channels 1, 2: ~2.3 copies of each object; none in ~10% of openings
 BOUNCE_DIRECTION = (math.cos(math.pi / 4), math.sin(math.pi / 4))
 PHASE = (0.0, 0.0)  # pattern period = one token (8 px at 48 px), so the pattern is the same in every token
 
