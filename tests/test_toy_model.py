@@ -174,7 +174,7 @@ def test_windows_carry_object_free_frames_for_context_fading():
     """The context-fade augmentation blends towards these frames: they must differ from the window's frames exactly
     where objects are drawn."""
     spec = parse_prompt("a red circle bouncing and a white square moving left on a blue striped background")
-    seg, noise = new_scene(np.random.default_rng(2), spec, 48, seeded=False)
+    seg, noise = new_scene(np.random.default_rng(2), spec, 48, details="random")
     assert noise is None and len(seg.starts) == len(spec.objects) == len(seg.drawn)  # one copy of each object
     b = _Builder(48, 16)
     b.add(seg, [0, 5, 9], position=0, block=None)
@@ -183,8 +183,19 @@ def test_windows_carry_object_free_frames_for_context_fading():
     drawn = object_mask(seg, torch.tensor([0, 5, 9]), 48) > 0
     assert differs.any() and bool((differs <= drawn).all())
     assert float((differs == drawn).float().mean()) > 0.97
-    plain = sample_window(np.random.default_rng(5), size=48, kind="cut", seeded=False)
+    plain = sample_window(np.random.default_rng(5), size=48, kind="cut", details="random")
     assert plain.seed_noise == {} and plain.backgrounds.shape == plain.images.shape
+
+
+def test_landmark_details_follow_the_noise_and_objects_do_not():
+    spec = parse_prompt("a red circle bouncing and a white square standing still on a blue dotted background")
+    a, noise = new_scene(np.random.default_rng(4), spec, 48, details="landmarks")
+    b, noise_b = new_scene(np.random.default_rng(4), spec, 48, details="landmarks")
+    assert torch.equal(noise, noise_b) and a == b  # deterministic in the generator
+    assert a.background.landmarks == details_from_noise(spec, noise, 48).background.landmarks
+    assert len(a.starts) == 2 and a.drawn == (0, 1)  # one copy of each object, not read from the noise
+    with pytest.raises(ValueError, match="details"):
+        new_scene(np.random.default_rng(0), spec, 48, details="seeded")
 
 
 @pytest.mark.parametrize("flow", [False, True])
@@ -194,7 +205,7 @@ def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, fl
     from echo_core.toy import load_toy_model
     from echo_core.toy.train import main as train
 
-    args = ["--steps", "2", "--batch", "1", "--log-every", "1"] + (["--flow"] if flow else [])
+    args = ["--steps", "2", "--batch", "1", "--log-every", "1"] + (["--flow-landmarks"] if flow else [])
     assert train(["--out", str(tmp_path / "a")] + args) == 0
     assert train(["--out", str(tmp_path / "b")] + args) == 0
     a, b = (load_file(str(tmp_path / d / "toy_dit.safetensors")) for d in "ab")

@@ -175,12 +175,12 @@ class Openings:
 
 
 def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int = 48,
-                   seeded: bool = True) -> Openings:
-    """Scene openings; with seeded=False their details are random and `noise` is independent of them."""
+                   details: str = "noise") -> Openings:
+    """Scene openings (`new_scene` for `details`); with random details `noise` is independent of them."""
     segments, noises, texts = [], [], []
     for _ in range(count):
         spec = sample_spec(rng)
-        seg, noise = new_scene(rng, spec, size, seeded)
+        seg, noise = new_scene(rng, spec, size, details)
         noise = noise if noise is not None else _noise(rng, size)
         segments.append(seg)
         noises.append(noise)
@@ -188,19 +188,31 @@ def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int
     return Openings(segments, torch.stack(noises), torch.stack(texts))
 
 
+DETAILS = ("noise", "random", "landmarks")
+
+
 def new_scene(rng: np.random.Generator, spec: SceneSpec, size: int,
-              seeded: bool = True) -> tuple[Segment, torch.Tensor | None]:
-    """A scene starting now. seeded: its first block's seed noise and the details that noise implies. Otherwise
-    (plain flow matching, sampled with the ODE) details drawn at random, no seed noise: one start per object."""
-    if seeded:
-        noise = _noise(rng, size)
+              details: str = "noise") -> tuple[Segment, torch.Tensor | None]:
+    """A scene starting now, with its first block's seed noise where details come from it.
+
+    details: "noise" - landmarks and object copies read from the seed noise (the shipped recipe); "random" -
+    drawn at random, no seed noise, one start per object (plain flow matching, sampled with the ODE);
+    "landmarks" - landmarks read from the seed noise, one random start per object (flow matching in which the
+    noise-to-landmark coupling holds at every noise level, so the ODE keeps it)."""
+    if details not in DETAILS:
+        raise ValueError(f"details must be one of {', '.join(DETAILS)}, got {details!r}")
+    noise = _noise(rng, size) if details != "random" else None
+    if details == "noise":
         return details_from_noise(spec, noise, size), noise
     geo = Geometry(size, size)
-    landmarks = background_details(int(rng.integers(2**31))).landmarks
+    if noise is not None:
+        landmarks = details_from_noise(spec, noise, size).background.landmarks
+    else:
+        landmarks = background_details(int(rng.integers(2**31))).landmarks
     lo, hi = 1.1 * geo.radius, size - 1.1 * geo.radius
     starts = tuple((float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))) for _ in spec.objects)
     return Segment(spec, BackgroundDetails(PHASE, True, landmarks), starts,
-                   (BOUNCE_DIRECTION,) * len(starts)), None
+                   (BOUNCE_DIRECTION,) * len(starts)), noise
 
 
 # --------------------------------------------------------------------------------------------- windows
@@ -263,7 +275,7 @@ def _other_spec(rng: np.random.Generator, spec: SceneSpec) -> SceneSpec:
 
 
 def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kind: str | None = None,
-                  seeded: bool = True) -> Window:
+                  details: str = "noise") -> Window:
     """One training window drawn from `rng` (deterministic given the generator state).
 
     Every scene that opens inside the window opens at latent time 0 with noise-seeded details; a scene seen
@@ -273,7 +285,7 @@ def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kin
         kind = names[int(rng.choice(len(names), p=np.array(list(KINDS.values())) / sum(KINDS.values())))]
     b = _Builder(size, fps)
     chunks = WINDOW // BLOCK
-    a, a_noise = new_scene(rng, sample_spec(rng), size, seeded)
+    a, a_noise = new_scene(rng, sample_spec(rng), size, details)
 
     def span(t: int, n: int) -> list[int]:
         return list(range(t, t + n))
@@ -283,7 +295,7 @@ def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kin
     elif kind == "cut":
         c1 = int(rng.integers(1, chunks))
         pos = b.add(a, span(0, c1 * BLOCK), position=0, block=None, seed_noise=a_noise)
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, seeded)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, details)
         b.add(other, span(0, (chunks - c1) * BLOCK), position=pos, block=None, seed_noise=o_noise)
     elif kind == "smooth":
         c1 = int(rng.integers(1, chunks))
@@ -294,18 +306,18 @@ def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kin
         c1 = int(rng.integers(1, 4))
         c2 = int(rng.integers(1, chunks - c1))
         pos = b.add(a, span(0, c1 * BLOCK), position=0, block=None, seed_noise=a_noise)
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, seeded)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, details)
         pos = b.add(other, span(0, c2 * BLOCK), position=pos, block=None, seed_noise=o_noise)
         back = (c1 + c2) * BLOCK + int(rng.integers(0, 60))
         b.add(a, span(back, (chunks - c1 - c2) * BLOCK), position=pos, block=None)
     elif kind == "memory":
-        _memory_window(b, rng, a, size, seeded)
+        _memory_window(b, rng, a, size, details)
     else:
         raise ValueError(f"unknown window kind {kind!r}; choose one of {', '.join(KINDS)}")
     return b.build(kind)
 
 
-def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int, seeded: bool) -> None:
+def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int, details: str) -> None:
     mode = rng.choice(3, p=[0.5, 0.3, 0.2])
     if mode == 0:  # recall: 1-3 early frames of the scene (a Scene Recall Frame), then the scene later on
         m = int(rng.integers(1, 4))
@@ -317,7 +329,7 @@ def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int,
     elif mode == 1:  # hard cut: a frame of the scene that ended, then a new scene far away in RoPE time
         pos = b.add(a, [int(rng.integers(0, MAX_TIME))], position=0, block=0, memory=True)
         jump = 45 if rng.random() < 0.7 else int(rng.integers(0, 7))
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, seeded)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, details)
         b.add(other, list(range(0, 6 * BLOCK)), position=pos + jump, block=None, seed_noise=o_noise)
     else:  # smooth: the chain's first frame and the last two frames of the old scene, then the new motions
         switch = 2 + int(rng.integers(0, 40))
@@ -384,8 +396,8 @@ def collate(windows: list[Window], codec, text_encoder) -> Batch:
 
 
 def sample_batch(rng: np.random.Generator, batch: int, codec, text_encoder, size: int = 48,
-                 seeded: bool = True) -> Batch:
-    return collate([sample_window(rng, size, seeded=seeded) for _ in range(batch)], codec, text_encoder)
+                 details: str = "noise") -> Batch:
+    return collate([sample_window(rng, size, details=details) for _ in range(batch)], codec, text_encoder)
 
 
 def fit_frames(rng: np.random.Generator, count: int, size: int = 48) -> torch.Tensor:

@@ -67,7 +67,8 @@ class TrainConfig:
     seed: int = 0
     codec_frames: int = 512
     size: int = 48  # pixels; 12x12 latents, 6x6 = 36 tokens per frame
-    seeded: bool = True  # noise-seeded details + fresh-noise sampler; False: plain flow matching + ODE sampler
+    details: str = "noise"  # data.new_scene: "noise" (noise-seeded details, fresh-noise sampler), "random" or
+    # "landmarks" (plain flow matching, sampled with the ODE)
     # Options tried for the objects (see MODEL_CARD.md, "Experiments"); the defaults give the shipped weights.
     object_weight: float = 1.0  # loss weight of object cells in windows (objects are a few percent of a frame)
     object_noise: float = 0.0  # max std of extra noise on the object cells of clean context (ragged objects)
@@ -105,7 +106,7 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
 
 def sampler_settings(cfg: TrainConfig) -> dict:
     """The sampler the weights are made for, stored in their metadata (read by loader.load_toy_model)."""
-    if cfg.seeded:  # fresh noise between steps; the first step (t = 1000) commits to the noise-seeded layout
+    if cfg.details == "noise":  # fresh noise between steps; the first step (t = 1000) commits to the seeded layout
         return {"denoising_steps": [1000.0, 500.0, 300.0, 150.0, 60.0], "warp_denoising_step": False, "shift": 2.0,
                 "renoise": "fresh"}
     # Euler steps of the flow ODE: a mean-squared-error model samples multimodal layouts only along the ODE.
@@ -142,6 +143,8 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
     # t = 1000 on an opening block means "read the seed noise": never pair it with unrelated noise.
     s = torch.where(batch.seeded & ~seeded & (s == 1), torch.full_like(s, 0.97), s)
     s = torch.where(seeded, torch.ones_like(s), s)
+    if cfg.details == "landmarks":  # the coupling of noise and landmarks holds at every noise level
+        seeded = batch.seeded
     eps = torch.where(seeded[:, None, :, None, None], batch.seed_noise, eps)
     sv = s[:, None, :, None, None]
     xt = (1 - sv) * x0 + sv * eps
@@ -188,7 +191,7 @@ def opening_loss(model: CausalWanModel, codec: ToyCodec, openings: Openings, siz
         x0 = x0.permute(0, 2, 1, 3, 4)
         cover = torch.stack([object_mask(seg, times, size) for seg in openings.segments])  # [n, f, H, W]
         weight = 1 + (OBJECT_WEIGHT - 1) * torch.nn.functional.avg_pool2d(cover, 4)[:, None]
-    if cfg.seeded:
+    if cfg.details == "noise":
         s = torch.ones(n)
     else:
         u = torch.rand(n, generator=g)
@@ -244,13 +247,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch CPU threads (results depend on it slightly; 1 is fastest on a shared 2-core machine)")
     p.add_argument("--flow", action="store_true",
                    help="plain flow matching with random details, sampled by the ODE (default: noise-seeded details)")
+    p.add_argument("--flow-landmarks", action="store_true",
+                   help="as --flow, but landmarks read from the seed noise at every noise level")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
         sys.exit("error: --steps and --batch must be >= 1")
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, seeded=not args.flow,
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                      details="landmarks" if args.flow_landmarks else "random" if args.flow else "noise",
                       p_clean=args.p_clean, object_noise=args.object_noise, object_weight=args.object_weight,
                       p_fade=args.p_fade)
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -296,11 +302,11 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     for step in range(start, cfg.steps):
         rng = np.random.default_rng([cfg.seed, 2, step])
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        batch = sample_batch(rng, cfg.batch, codec, text, cfg.size, seeded=cfg.seeded)
+        batch = sample_batch(rng, cfg.batch, codec, text, cfg.size, details=cfg.details)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         loss, per_kind = train_step(model, batch, cfg, g)
-        first = opening_loss(model, codec, opening_blocks(rng, cfg.openings, text, cfg.size, cfg.seeded), cfg.size,
+        first = opening_loss(model, codec, opening_blocks(rng, cfg.openings, text, cfg.size, cfg.details), cfg.size,
                              cfg, g)
         per_kind["opening"] = [float(first.detach())]
         loss = loss + first
