@@ -203,7 +203,9 @@ def _attend(q: torch.Tensor, inputs: AttentionInputs, head_dim: int, mask: torch
 
 
 def _block(m: nn.Module, cfg: WanConfig, layer: int, x: torch.Tensor, e0: torch.Tensor, frames: int,
-           text: TextState, self_attention) -> torch.Tensor:
+           text: TextState | None, self_attention, cross_attention=None) -> torch.Tensor:
+    """One DiT block. self_attention(layer, q, k, v) -> [B, H, L, D]; cross_attention(layer, h) -> [B, L, dim]
+    replaces the attention to `text` (the toy training forward gives every frame its own prompt)."""
     blk = m.blocks[layer]
     mod = _param(blk.modulation, x)[:, None] + e0  # [B, F, 6, dim]
     shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
@@ -218,9 +220,12 @@ def _block(m: nn.Module, cfg: WanConfig, layer: int, x: torch.Tensor, e0: torch.
 
     ca = blk.cross_attn
     h = _norm(blk.norm3, x).to(dtype)
-    ck, cv = _cross_kv(m, cfg, layer, text)
-    cq = ca.norm_q(ca.q(h)).unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)
-    y = F.scaled_dot_product_attention(cq, ck.to(cq.dtype), cv.to(cq.dtype)).transpose(1, 2).flatten(2)
+    if cross_attention is not None:
+        y = cross_attention(layer, h)
+    else:
+        ck, cv = _cross_kv(m, cfg, layer, text)
+        cq = ca.norm_q(ca.q(h)).unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)
+        y = F.scaled_dot_product_attention(cq, ck.to(cq.dtype), cv.to(cq.dtype)).transpose(1, 2).flatten(2)
     x = x + ca.o(y).float()
 
     h = _modulate(_norm(blk.norm2, x), shift2, scale2, frames).to(dtype)

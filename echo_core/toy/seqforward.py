@@ -2,9 +2,9 @@
 
 `CausalWanModel.forward_sequence` conditions a whole sequence on one prompt and shares RoPE positions across the
 batch. Training windows switch prompts between blocks (cut, smooth, revisit) and place their frames at
-per-window positions (memory layouts), so this forward does the same per-token work as `wan._block` with two
-generalisations: cross-attention reads, for every frame, the prompt that frame was generated under, and
-self-attention rotates each window with its own positions under its own mask. With one prompt and shared
+per-window positions (memory layouts), so this forward runs `wan._block` with two attention functions of its
+own: cross-attention reads, for every frame, the prompt that frame was generated under, and self-attention
+rotates each window with its own positions under its own mask. With one prompt and shared
 positions it equals `forward_sequence` (tests/test_toy_model.py checks this).
 """
 
@@ -14,16 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from echo_core.model.rope import apply_rope, grid_positions, rope_cos_sin
-from echo_core.model.wan import (
-    CausalWanModel,
-    _dtype_of,
-    _embed,
-    _gate,
-    _modulate,
-    _param,
-    _time_modulation,
-    _unpatchify,
-)
+from echo_core.model.wan import CausalWanModel, _block, _dtype_of, _embed, _time_modulation, _unpatchify
 
 
 def window_mask(blocks: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
@@ -60,28 +51,17 @@ def window_forward(m: CausalWanModel, x: torch.Tensor, t: torch.Tensor, texts: t
     heads, hd = cfg.num_heads, cfg.head_dim
     gather = text_ids[:, :, None, None].expand(b, frames, context.shape[2], heads * hd)
 
-    for blk in m.blocks:
-        mod = _param(blk.modulation, tokens)[:, None] + e0
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
-        sa = blk.self_attn
-        h = _modulate(blk.norm1(tokens), shift1, scale1, frames)
-        q = sa.norm_q(sa.q(h)).unflatten(-1, (heads, -1)).transpose(1, 2)
-        k = sa.norm_k(sa.k(h)).unflatten(-1, (heads, -1)).transpose(1, 2)
-        v = sa.v(h).unflatten(-1, (heads, -1)).transpose(1, 2)
-        y = F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, attn_mask=mask)
-        tokens = tokens + _gate(sa.o(y.transpose(1, 2).flatten(2)), gate1, frames)
+    def self_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, attn_mask=mask)
 
-        ca = blk.cross_attn
-        h = blk.norm3(tokens)
-        ck = ca.norm_k(ca.k(context))  # [B, S, L, dim]
-        cv = ca.v(context)
-        ck = torch.gather(ck, 1, gather).unflatten(-1, (heads, hd))  # [B, F, L, H, hd]
-        cv = torch.gather(cv, 1, gather).unflatten(-1, (heads, hd))
+    def cross_attention(layer: int, h: torch.Tensor) -> torch.Tensor:
+        ca = m.blocks[layer].cross_attn
+        ck = torch.gather(ca.norm_k(ca.k(context)), 1, gather).unflatten(-1, (heads, hd))  # [B, F, L, H, hd]
+        cv = torch.gather(ca.v(context), 1, gather).unflatten(-1, (heads, hd))
         cq = ca.norm_q(ca.q(h)).view(b, frames, per_frame, heads, hd)
         logits = torch.einsum("bfthd,bflhd->bfhtl", cq, ck) * hd**-0.5
-        y = torch.einsum("bfhtl,bflhd->bfthd", logits.softmax(-1), cv).reshape(b, n, heads * hd)
-        tokens = tokens + ca.o(y).float()
+        return torch.einsum("bfhtl,bflhd->bfthd", logits.softmax(-1), cv).reshape(b, n, heads * hd)
 
-        h = _modulate(blk.norm2(tokens), shift2, scale2, frames)
-        tokens = tokens + _gate(blk.ffn(h), gate2, frames)
+    for layer in range(len(m.blocks)):
+        tokens = _block(m, cfg, layer, tokens, e0, frames, None, self_attention, cross_attention)
     return _unpatchify(m, cfg, tokens, e, grid)
