@@ -74,7 +74,7 @@ def load_toy_model(weights_dir: str | Path | None = None, *, device: str | torch
     if missing:
         raise FileNotFoundError(f"toy model weights not found: {', '.join(str(folder / n) for n in missing)}; "
                                 f"train them with `python -m echo_core.toy.train --out {folder}`")
-    model, _ = load_causal_wan(folder / DIT_FILE, dtype=dtype, device=device)
+    model, info = load_causal_wan(folder / DIT_FILE, dtype=dtype, device=device)
     assets = load_file(str(folder / ASSETS_FILE))
     with safe_open(str(folder / ASSETS_FILE), framework="pt") as f:
         meta = dict(f.metadata() or {})
@@ -86,15 +86,10 @@ def load_toy_model(weights_dir: str | Path | None = None, *, device: str | torch
     import json
 
     height, width = json.loads(meta.get("toy.resolution", "[48, 48]"))
-    with safe_open(str(folder / DIT_FILE), framework="pt") as f:
-        settings = (f.metadata() or {}).get("toy.sampler")
+    settings = info.metadata.get("toy.sampler")  # the sampler the weights were trained for (train.sampler_for)
     sampler = SAMPLER
-    if settings:  # the sampler the weights were trained for (train.sampler_settings)
+    if settings:
         raw = json.loads(settings)
-        sampler = SamplerConfig(denoising_steps=tuple(float(t) for t in raw["denoising_steps"]),
-                                warp_denoising_step=bool(raw["warp_denoising_step"]), shift=float(raw["shift"]),
-                                renoise=str(raw["renoise"]), eta=float(raw.get("eta", 0.0)),
-                                fresh_below=float(raw.get("fresh_below", 0.0)),
-                                frames_per_chunk=3)
+        sampler = SamplerConfig(**{**raw, "denoising_steps": tuple(raw["denoising_steps"])})
     return ToyBundle(model.eval(), codec, text, sampler, height=int(height), width=int(width),
                      fps=int(meta.get("toy.fps", "16")))

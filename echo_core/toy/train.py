@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 from echo_core.model.config import get_preset
 from echo_core.model.loading import save_checkpoint
 from echo_core.model.wan import CausalWanModel, block_causal_mask
+from echo_core.sampler import SamplerConfig
 from echo_core.toy.codec import ToyCodec
 from echo_core.toy.data import (
     Openings,
@@ -38,6 +39,7 @@ from echo_core.toy.data import (
     render_segment,
     sample_batch,
 )
+from echo_core.toy.loader import SAMPLER
 from echo_core.toy.seqforward import window_forward, window_mask
 from echo_core.toy.text import ToyTextEncoder
 
@@ -104,15 +106,14 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
     return torch.where(memory, torch.zeros_like(s), s)
 
 
-def sampler_settings(cfg: TrainConfig) -> dict:
+def sampler_for(cfg: TrainConfig) -> SamplerConfig:
     """The sampler the weights are made for, stored in their metadata (read by loader.load_toy_model)."""
     if cfg.details == "noise":  # fresh noise between steps; the first step (t = 1000) commits to the seeded layout
-        return {"denoising_steps": [1000.0, 500.0, 300.0, 150.0, 60.0], "warp_denoising_step": False, "shift": 2.0,
-                "renoise": "fresh"}
+        return SAMPLER
     # Euler steps of the flow ODE: a mean-squared-error model samples multimodal layouts only along the ODE.
     # Below t = 400 fresh noise: it pulls an imperfect model's output back onto clean images (best of 0-600 tried).
-    return {"denoising_steps": [1000.0 * (12 - i) / 12 for i in range(12)], "warp_denoising_step": True,
-            "shift": 2.0, "renoise": "ode", "fresh_below": 400.0}
+    return SamplerConfig(denoising_steps=tuple(1000.0 * (12 - i) / 12 for i in range(12)), shift=2.0,
+                         renoise="ode", fresh_below=400.0, frames_per_chunk=3)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -332,7 +333,7 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         if (step + 1) % args.save_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(ema, out / DIT_FILE, config=wcfg,
                             metadata={"echo_forcing.frames_per_chunk": "3", "toy.train_steps": str(step + 1),
-                                      "toy.sampler": json.dumps(sampler_settings(cfg)),
+                                      "toy.sampler": json.dumps(asdict(sampler_for(cfg))),
                                       "toy.train_config": json.dumps(cfg.__dict__)})
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step + 1},
                        out / STATE_FILE)
