@@ -34,6 +34,10 @@ class SamplerConfig:
     # "ode" only: re-noise to timesteps below this one with fresh noise. The ODE commits the layout at high noise;
     # fresh-noise steps at low noise pull an imperfect model's output back onto clean images (SDEdit-style).
     fresh_below: float = 0.0
+    # Classifier-free guidance on the chunk being denoised: v = v_empty + guidance * (v_prompt - v_empty), the
+    # empty prompt seeing the same cache. 1 = off (distilled models such as Self-Forcing); > 1 only for models
+    # trained with prompt dropout (the toy model). Costs a second model call per denoising step.
+    guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.denoising_steps:
@@ -53,6 +57,8 @@ class SamplerConfig:
             raise ValueError(f"fresh_below must lie in [0, {self.num_train_timesteps}], got {self.fresh_below}")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
+        if not 0 < self.guidance <= 20:
+            raise ValueError(f"guidance must lie in (0, 20], got {self.guidance} (1 = off)")
         if not 0 <= self.context_noise < self.num_train_timesteps:
             raise ValueError(f"context_noise must lie in [0, {self.num_train_timesteps}), got {self.context_noise}")
 
@@ -124,13 +130,21 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
     def text_of(scene: int) -> Any:
         if scene not in texts:  # cross-attention K/V are made once per prompt, when the scene starts
             texts.clear()
-            texts[scene] = model.encode_text(contexts[scene].to(device))
+            context = contexts[scene].to(device)
+            # The empty prompt for guidance: zero rows, as a padded text embedding with no words in it.
+            texts[scene] = (model.encode_text(context),
+                            model.encode_text(torch.zeros_like(context)) if config.guidance != 1 else None)
         return texts[scene]
 
     def run(x: torch.Tensor, t: float, call: CallInfo, text: Any) -> torch.Tensor:
         cache.begin_call(call)
         tt = torch.full((x.shape[0],), float(t), device=device)
-        return model.forward_chunk(x, tt, text, cache).float()
+        v = model.forward_chunk(x, tt, text[0], cache).float()
+        if call.commit or text[1] is None:
+            return v
+        # Denoising calls only rewrite the chunk's own K/V slot, so the unprompted call sees the same cache.
+        v_empty = model.forward_chunk(x, tt, text[1], cache).float()
+        return v_empty + config.guidance * (v - v_empty)
 
     frame = 0
     if start_latents is not None:

@@ -183,6 +183,54 @@ def test_ode_eta_mixes_fresh_noise_in():
     assert torch.allclose(run(renoise="ode", fresh_below=1000.0), fresh, atol=1e-6)
 
 
+class _PromptVelocity:
+    """Velocity x / 2 plus the prompt's mean: the prompted and the empty prompt's predictions differ by a constant."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_text(self, context):
+        return float(context.mean())
+
+    def forward_chunk(self, x, t, text, cache):
+        self.calls.append(text)
+        return 0.5 * x + text
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_guidance_extrapolates_from_the_empty_prompt(guidance):
+    model = _PromptVelocity()
+    cfg = SamplerConfig(denoising_steps=(1000.0,), warp_denoising_step=False, guidance=guidance)
+    out, _ = sample_video(model, full_cache(1), [torch.full((1, 4, 8), 0.2)], ScenePlan.single(1),
+                          latent_shape=(16, 2, 2), seed=3, config=cfg)
+    noise = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(3))
+    # v = v_empty + g (v_prompt - v_empty) = n/2 + 0.2 g; one step from s = 1: x0 = n - v = n/2 - 0.2 g
+    assert torch.allclose(out, noise / 2 - 0.2 * guidance, atol=1e-5)
+    # guidance 1 makes no unprompted call; otherwise one per denoising step, none on the commit pass
+    assert model.calls == ([pytest.approx(0.2)] * 2 if guidance == 1 else
+                           [pytest.approx(0.2), 0.0, pytest.approx(0.2)])
+
+
+def test_guidance_leaves_the_cache_as_the_prompted_calls_wrote_it(model):
+    """The unprompted call rewrites the chunk's own K/V slot only, and the commit pass overwrites it after."""
+    ctx = [torch.randn(1, 4, model.cfg.text_dim, generator=torch.Generator().manual_seed(2))]
+    caches = {}
+    for g in (1.0, 2.0):
+        cache = RollingCache(model.cfg.num_layers, 6, 3)
+        cfg = SamplerConfig(denoising_steps=(1000.0, 500.0), guidance=g)
+        latents, _ = sample_video(model, cache, ctx, ScenePlan.single(1), latent_shape=(16, 4, 4), seed=1,
+                                  config=cfg)
+        caches[g] = (latents, cache)
+    (plain, c1), (guided, c2) = caches[1.0], caches[2.0]
+    assert (plain - guided).abs().max().item() > 1e-3  # guidance changed the chunk...
+    # ...and the cache holds exactly the commit pass of the chunk it produced, as without guidance
+    replay = RollingCache(model.cfg.num_layers, 6, 3)
+    sample_video(model, replay, ctx, ScenePlan.single(0), latent_shape=(16, 4, 4), seed=1,
+                 start_latents=guided, config=SamplerConfig(denoising_steps=(1000.0, 500.0)))
+    for layer in range(model.cfg.num_layers):
+        assert torch.allclose(c2._k[layer], replay._k[layer], atol=1e-5)
+
+
 def test_node_sampler_keeps_the_models_renoise_and_sets_the_steps():
     from echo_core.session import sampler_config
 
@@ -200,7 +248,8 @@ def test_node_sampler_keeps_the_models_renoise_and_sets_the_steps():
                                         ({"shift": 0}, "shift"),
                                         ({"renoise": "ddim"}, "renoise"),
                                         ({"eta": 1.5}, "eta"),
-                                        ({"fresh_below": -1.0}, "fresh_below")])
+                                        ({"fresh_below": -1.0}, "fresh_below"),
+                                        ({"guidance": 0.0}, "guidance")])
 def test_sampler_config_errors_name_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SamplerConfig(**bad)

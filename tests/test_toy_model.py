@@ -217,6 +217,25 @@ def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, fl
     assert len(bundle.sampler_config.denoising_steps) == (12 if flow else 5)
 
 
+def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
+    from echo_core.toy.train import drop_prompts, main as train
+
+    texts = torch.randn(64, 2, 24, 8) + 5
+    g = torch.Generator().manual_seed(0)
+    dropped = drop_prompts(texts, 0.25, g)
+    blank = (dropped == 0).flatten(2).all(2)  # [64, 2]: a prompt is blanked whole or kept as it was
+    kept = (dropped == texts).flatten(2).all(2)
+    assert bool((blank ^ kept).all()) and 0.1 < blank.float().mean() < 0.4
+    assert drop_prompts(texts, 0.0, g) is texts
+    with pytest.raises(SystemExit, match="p-uncond"):
+        train(["--out", str(tmp_path / "x"), "--steps", "1", "--guidance", "3"])
+    assert train(["--out", str(tmp_path / "cfg"), "--steps", "1", "--batch", "1", "--flow-landmarks",
+                  "--p-uncond", "0.5", "--guidance", "2.5"]) == 0
+    from echo_core.toy import load_toy_model
+
+    assert load_toy_model(tmp_path / "cfg").sampler_config.guidance == 2.5
+
+
 # ----------------------------------------------------------------------------------------- shipped model
 def test_shipped_weights_are_small_and_load_as_a_causal_wan_checkpoint(bundle):
     files = list(WEIGHTS.glob("*.safetensors"))

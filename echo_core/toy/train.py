@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,8 @@ class TrainConfig:
     object_noise: float = 0.0  # max std of extra noise on the object cells of clean context (ragged objects)
     p_fade: float = 0.0  # share of clean context frames whose objects are faded towards the background
     max_fade: float = 0.7  # fade amount drawn uniformly in [0, max_fade]: the model learns to restore objects
+    p_uncond: float = 0.0  # share of prompts replaced by the empty prompt, so the sampler can use guidance
+    guidance: float = 1.0  # classifier-free guidance scale the weights are sampled with (needs p_uncond > 0)
 
 
 def save_assets(path: Path, codec: ToyCodec, text: ToyTextEncoder, cfg: TrainConfig) -> None:
@@ -109,11 +111,20 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
 def sampler_for(cfg: TrainConfig) -> SamplerConfig:
     """The sampler the weights are made for, stored in their metadata (read by loader.load_toy_model)."""
     if cfg.details == "noise":  # fresh noise between steps; the first step (t = 1000) commits to the seeded layout
-        return SAMPLER
+        return replace(SAMPLER, guidance=cfg.guidance)
     # Euler steps of the flow ODE: a mean-squared-error model samples multimodal layouts only along the ODE.
     # Below t = 400 fresh noise: it pulls an imperfect model's output back onto clean images (best of 0-600 tried).
     return SamplerConfig(denoising_steps=tuple(1000.0 * (12 - i) / 12 for i in range(12)), shift=2.0,
-                         renoise="ode", fresh_below=400.0, frames_per_chunk=3)
+                         renoise="ode", fresh_below=400.0, frames_per_chunk=3, guidance=cfg.guidance)
+
+
+def drop_prompts(texts: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Replace each prompt (leading dims of texts [..., L, D]) by the empty prompt (zero rows) with probability p:
+    the model also learns to continue its context unprompted, the unconditional half of classifier-free guidance."""
+    if p <= 0:  # draws no random numbers: runs without dropout keep their noise
+        return texts
+    keep = torch.rand(texts.shape[:-2], generator=g) >= p
+    return texts * keep[..., None, None]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -166,7 +177,8 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
     xt = torch.where(clean, context + jitter * torch.randn(x0.shape, generator=g), xt)
     tokens = (x0.shape[-1] // 2) * (x0.shape[-2] // 2)
     mask = window_mask(batch.blocks, tokens)
-    pred = window_forward(model, xt, s * 1000.0, batch.texts, batch.text_ids, batch.positions, mask)
+    texts = drop_prompts(batch.texts, cfg.p_uncond, g)
+    pred = window_forward(model, xt, s * 1000.0, texts, batch.text_ids, batch.positions, mask)
     weight = ((s > 0) & batch.valid & ~batch.memory).float()  # [B, F]
     cell = 1 + (cfg.object_weight - 1) * batch.objects[:, None]  # [B, 1, F, h, w]
     err = ((pred - (eps - x0)).pow(2) * cell).mean(dim=(1, 3, 4)) / cell.mean(dim=(1, 3, 4))  # [B, F]
@@ -184,7 +196,7 @@ def opening_loss(model: CausalWanModel, codec: ToyCodec, openings: Openings, siz
     """Context-free scene openings. Seeded: the first denoising step of a new scene, from its seed noise alone
     (t = 1000) to the scene it implies. Otherwise plain flow matching at a random noise level.
     Object pixels weigh OBJECT_WEIGHT times more: they are a few percent of the frame."""
-    noise, texts = openings.noise, openings.texts
+    noise, texts = openings.noise, drop_prompts(openings.texts, cfg.p_uncond, g)
     n, frames, tokens = noise.shape[0], noise.shape[2], (noise.shape[-1] // 2) * (noise.shape[-2] // 2)
     times = torch.arange(frames)
     with torch.no_grad():
@@ -244,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="loss weight of object cells in windows")
     p.add_argument("--p-fade", type=float, default=TrainConfig.p_fade,
                    help="share of clean context frames whose objects are faded towards the background")
+    p.add_argument("--p-uncond", type=float, default=TrainConfig.p_uncond,
+                   help="share of prompts dropped to the empty prompt (trains classifier-free guidance)")
+    p.add_argument("--guidance", type=float, default=TrainConfig.guidance,
+                   help="guidance scale written into the weights' sampler settings (needs --p-uncond > 0)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (results depend on it slightly; 1 is fastest on a shared 2-core machine)")
     p.add_argument("--flow", action="store_true",
@@ -259,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                       details="landmarks" if args.flow_landmarks else "random" if args.flow else "noise",
                       p_clean=args.p_clean, object_noise=args.object_noise, object_weight=args.object_weight,
-                      p_fade=args.p_fade)
+                      p_fade=args.p_fade, p_uncond=args.p_uncond, guidance=args.guidance)
+    if not 0 <= cfg.p_uncond < 1:
+        sys.exit(f"error: --p-uncond must lie in [0, 1), got {cfg.p_uncond}")
+    if cfg.guidance != 1 and cfg.p_uncond == 0:
+        sys.exit("error: --guidance other than 1 needs a model trained with prompt dropout: add --p-uncond 0.1")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
