@@ -218,7 +218,8 @@ def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, fl
 
 
 def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
-    from echo_core.toy.train import drop_prompts, main as train
+    from echo_core.toy.train import drop_prompts
+    from echo_core.toy.train import main as train
 
     texts = torch.randn(64, 2, 24, 8) + 5
     g = torch.Generator().manual_seed(0)
