@@ -211,6 +211,16 @@ def test_guidance_extrapolates_from_the_empty_prompt(guidance):
                            [pytest.approx(0.2), 0.0, pytest.approx(0.2)])
 
 
+def test_guidance_interval_guides_only_the_high_noise_steps():
+    model = _PromptVelocity()
+    cfg = SamplerConfig(denoising_steps=(1000.0, 500.0), warp_denoising_step=False, guidance=2.0,
+                        guidance_above=600.0)
+    sample_video(model, full_cache(1), [torch.full((1, 4, 8), 0.2)], ScenePlan.single(1), latent_shape=(16, 2, 2),
+                 seed=3, config=cfg)
+    # t = 1000: prompted + empty; t = 500 (below the interval): prompted only; commit pass: prompted
+    assert model.calls == [pytest.approx(0.2), 0.0, pytest.approx(0.2), pytest.approx(0.2)]
+
+
 def test_guidance_leaves_the_cache_as_the_prompted_calls_wrote_it(model):
     """The unprompted call rewrites the chunk's own K/V slot only, and the commit pass overwrites it after."""
     ctx = [torch.randn(1, 4, model.cfg.text_dim, generator=torch.Generator().manual_seed(2))]
@@ -249,7 +259,8 @@ def test_node_sampler_keeps_the_models_renoise_and_sets_the_steps():
                                         ({"renoise": "ddim"}, "renoise"),
                                         ({"eta": 1.5}, "eta"),
                                         ({"fresh_below": -1.0}, "fresh_below"),
-                                        ({"guidance": 0.0}, "guidance")])
+                                        ({"guidance": 0.0}, "guidance"),
+                                        ({"guidance_above": 1000.0}, "guidance_above")])
 def test_sampler_config_errors_name_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SamplerConfig(**bad)

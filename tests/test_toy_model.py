@@ -235,6 +235,16 @@ def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
     from echo_core.toy import load_toy_model
 
     assert load_toy_model(tmp_path / "cfg").sampler_config.guidance == 2.5
+    # resumed at its last step with other guidance settings: same weights, new sampler settings
+    from safetensors.torch import load_file
+
+    before = load_file(str(tmp_path / "cfg" / "toy_dit.safetensors"))
+    assert train(["--out", str(tmp_path / "cfg"), "--steps", "1", "--batch", "1", "--flow-landmarks",
+                  "--p-uncond", "0.5", "--guidance", "1.5", "--guidance-above", "400", "--resume"]) == 0
+    after = load_file(str(tmp_path / "cfg" / "toy_dit.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    sampler = load_toy_model(tmp_path / "cfg").sampler_config
+    assert (sampler.guidance, sampler.guidance_above) == (1.5, 400.0)
 
 
 # ----------------------------------------------------------------------------------------- shipped model

@@ -78,6 +78,7 @@ class TrainConfig:
     max_fade: float = 0.7  # fade amount drawn uniformly in [0, max_fade]: the model learns to restore objects
     p_uncond: float = 0.0  # share of prompts replaced by the empty prompt, so the sampler can use guidance
     guidance: float = 1.0  # classifier-free guidance scale the weights are sampled with (needs p_uncond > 0)
+    guidance_above: float = 0.0  # ... on the denoising steps above this timestep only
 
 
 def save_assets(path: Path, codec: ToyCodec, text: ToyTextEncoder, cfg: TrainConfig) -> None:
@@ -111,11 +112,12 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
 def sampler_for(cfg: TrainConfig) -> SamplerConfig:
     """The sampler the weights are made for, stored in their metadata (read by loader.load_toy_model)."""
     if cfg.details == "noise":  # fresh noise between steps; the first step (t = 1000) commits to the seeded layout
-        return replace(SAMPLER, guidance=cfg.guidance)
+        return replace(SAMPLER, guidance=cfg.guidance, guidance_above=cfg.guidance_above)
     # Euler steps of the flow ODE: a mean-squared-error model samples multimodal layouts only along the ODE.
     # Below t = 400 fresh noise: it pulls an imperfect model's output back onto clean images (best of 0-600 tried).
     return SamplerConfig(denoising_steps=tuple(1000.0 * (12 - i) / 12 for i in range(12)), shift=2.0,
-                         renoise="ode", fresh_below=400.0, frames_per_chunk=3, guidance=cfg.guidance)
+                         renoise="ode", fresh_below=400.0, frames_per_chunk=3, guidance=cfg.guidance,
+                         guidance_above=cfg.guidance_above)
 
 
 def drop_prompts(texts: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
@@ -260,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of prompts dropped to the empty prompt (trains classifier-free guidance)")
     p.add_argument("--guidance", type=float, default=TrainConfig.guidance,
                    help="guidance scale written into the weights' sampler settings (needs --p-uncond > 0)")
+    p.add_argument("--guidance-above", type=float, default=TrainConfig.guidance_above,
+                   help="guide only the denoising steps above this timestep (written into the sampler settings)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (results depend on it slightly; 1 is fastest on a shared 2-core machine)")
     p.add_argument("--flow", action="store_true",
@@ -275,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                       details="landmarks" if args.flow_landmarks else "random" if args.flow else "noise",
                       p_clean=args.p_clean, object_noise=args.object_noise, object_weight=args.object_weight,
-                      p_fade=args.p_fade, p_uncond=args.p_uncond, guidance=args.guidance)
+                      p_fade=args.p_fade, p_uncond=args.p_uncond, guidance=args.guidance,
+                      guidance_above=args.guidance_above)
     if not 0 <= cfg.p_uncond < 1:
         sys.exit(f"error: --p-uncond must lie in [0, 1), got {cfg.p_uncond}")
     if cfg.guidance != 1 and cfg.p_uncond == 0:
@@ -351,15 +356,21 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             print(json.dumps(rec), flush=True)
             window, kinds = [], {}
         if (step + 1) % args.save_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(ema, out / DIT_FILE, config=wcfg,
-                            metadata={"echo_forcing.frames_per_chunk": "3", "toy.train_steps": str(step + 1),
-                                      "toy.sampler": json.dumps(asdict(sampler_for(cfg))),
-                                      "toy.train_config": json.dumps(cfg.__dict__)})
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step + 1},
-                       out / STATE_FILE)
-    write_loss_png(out / LOG_FILE, out / "loss_curve.png")
+            _save(out, model, opt, ema, step + 1, cfg)
+    if start >= cfg.steps:  # resumed at the end: rewrites the weights' settings (sampler), the weights stay as they are
+        _save(out, model, opt, ema, start, cfg)
+    if start < cfg.steps:
+        write_loss_png(out / LOG_FILE, out / "loss_curve.png")
     print(f"done: {cfg.steps} steps in {time.perf_counter() - t_start:.0f} s -> {out / DIT_FILE}", flush=True)
     return 0
+
+
+def _save(out: Path, model: CausalWanModel, opt: torch.optim.Optimizer, ema: dict, step: int, cfg: TrainConfig) -> None:
+    save_checkpoint(ema, out / DIT_FILE, config=model.cfg,
+                    metadata={"echo_forcing.frames_per_chunk": "3", "toy.train_steps": str(step),
+                              "toy.sampler": json.dumps(asdict(sampler_for(cfg))),
+                              "toy.train_config": json.dumps(cfg.__dict__)})
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step}, out / STATE_FILE)
 
 
 if __name__ == "__main__":
