@@ -191,6 +191,9 @@ def score_timeline(tl: BenchTimeline, runs: dict[str, mq.RunFrames], other_seed:
         m["recall_fidelity"] = mq.recall_fidelity(recalled, target, ref)
         m["recall_vs_other_seed"] = mq.recall_fidelity(recalled, target, other_seed)
         m["recall_curve"] = [float(x) for x in mq.detail_curve(recalled, target, ref)]
+        # How much a policy's video differs from Echo's at all: tells an inert ablation from an insensitive metric.
+        if "echo" in runs:
+            m["frames_vs_echo"] = float((run.frames - runs["echo"].frames).abs().mean())
         routed = [r["transition"].get("routing", {}) for r in run.reports if r.get("transition")]
         routed = [r for r in routed if r]
         if routed:
@@ -226,6 +229,7 @@ def summarise(per_timeline: list[dict[str, Any]], long: dict[str, Any], runs_met
             "recall_fidelity_later_scene": mq.mean(later),
             "recall_vs_other_seed": mq.mean([r["recall_vs_other_seed"] for r in rows]),
             "routing_correct": (sum(routed) / len(routed)) if routed else None,
+            "frames_vs_echo": mq.mean([r["frames_vs_echo"] for r in rows if "frames_vs_echo" in r]),
             "stability_first": long[name]["first"],
             "stability_last": long[name]["last"],
             "stability_drop": long[name]["drop"],

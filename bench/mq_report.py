@@ -45,9 +45,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "| policy | switch response (chunks) | not reached | contamination | detail carry-over | continuity | "
         "recall fidelity | "
         "recall of scene 1 | recall of a later scene | recall vs other seed | routing correct | "
-        f"accuracy first {st['stability_seconds']:g} s | last {st['stability_seconds']:g} s | ms/chunk | "
-        "cache KB | pool KB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"accuracy first {st['stability_seconds']:g} s | last {st['stability_seconds']:g} s | frames vs echo | "
+        "ms/chunk | cache KB | pool KB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in result["policies"]:
         r = table[name]
@@ -58,7 +58,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             f"{_f(r['recall_fidelity'], '{:.3f}')} | {_f(r['recall_fidelity_first_scene'], '{:.3f}')} | "
             f"{_f(r['recall_fidelity_later_scene'], '{:.3f}')} | {_f(r['recall_vs_other_seed'], '{:.3f}')} | "
             f"{_f(r['routing_correct'])} | {_f(r['stability_first'])} | {_f(r['stability_last'])} | "
-            f"{_f(r['chunk_ms'], '{:.0f}')} | {_f(r['cache_kb'], '{:.0f}')} | {_f(r['pool_kb'], '{:.1f}')} |")
+            f"{_f(r.get('frames_vs_echo'), '{:.4f}')} | {_f(r['chunk_ms'], '{:.0f}')} | {_f(r['cache_kb'], '{:.0f}')} | {_f(r['pool_kb'], '{:.1f}')} |")
     lines += [
         "",
         f"Chance level of recall fidelity (scorer's `chance_level`: same prompt, other seeds, rendered ground "
@@ -87,6 +87,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "- routing correct: Echo's similarity routing picked the scene the timeline recalls.",
         "- accuracy first/last: scene accuracy of the single-prompt run over its first and last window "
         "(long-run stability).",
+        "- frames vs echo: mean absolute pixel difference (0-1 scale) of the policy's timeline videos to "
+        "Echo-Forcing's, same seeds: how much switching a mechanism off changes the video at all, whatever "
+        "the metrics make of it.",
         "- ms/chunk: mean generation time per chunk (policies interleaved chunk by chunk); cache KB: peak K/V "
         "held for attention; pool KB: Echo's scene pool (recall frames).",
         "",

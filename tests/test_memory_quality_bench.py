@@ -113,6 +113,9 @@ def test_quick_run_end_to_end(tmp_path):
         assert r["chunk_ms"] > 0 and r["cache_kb"] > 0
         assert (r["routing_correct"] is None) == (name in ("rolling", "flush", "echo-no-recall"))
         assert (r["pool_kb"] > 0) == (name not in ("rolling", "flush", "echo-no-recall"))
+    # echo against itself is 0; an ablation that changes nothing would be 0 too (no-recall never is: it inserts nothing)
+    assert table["echo"]["frames_vs_echo"] == 0.0 and table["echo-no-recall"]["frames_vs_echo"] > 1e-3
+    assert all(0.0 <= r["frames_vs_echo"] < 1.0 for r in table.values())
     # same window, same K/V bytes for the two baselines; Echo's chance level is the scorer's
     assert table["flush"]["cache_kb"] == table["rolling"]["cache_kb"]
     assert 0.0 < result["chance_gt"] < 0.6
@@ -120,7 +123,7 @@ def test_quick_run_end_to_end(tmp_path):
     for name in POLICIES:
         assert f"| {name} |" in md
     for header in ("switch response", "contamination", "detail carry-over", "continuity", "recall fidelity",
-                   "ms/chunk", "cache KB"):
+                   "frames vs echo", "ms/chunk", "cache KB"):
         assert header in md
     assert "Verdict" in md and "chance" in md.lower()
     from PIL import Image
