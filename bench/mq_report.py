@@ -58,7 +58,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             f"{_f(r['recall_fidelity'], '{:.3f}')} | {_f(r['recall_fidelity_first_scene'], '{:.3f}')} | "
             f"{_f(r['recall_fidelity_later_scene'], '{:.3f}')} | {_f(r['recall_vs_other_seed'], '{:.3f}')} | "
             f"{_f(r['routing_correct'])} | {_f(r['stability_first'])} | {_f(r['stability_last'])} | "
-            f"{_f(r.get('frames_vs_echo'), '{:.4f}')} | {_f(r['chunk_ms'], '{:.0f}')} | {_f(r['cache_kb'], '{:.0f}')} | {_f(r['pool_kb'], '{:.1f}')} |")
+            f"{_f(r.get('frames_vs_echo'), '{:.4f}')} | "
+            f"{_f(r['chunk_ms'], '{:.0f}')} | {_f(r['cache_kb'], '{:.0f}')} | {_f(r['pool_kb'], '{:.1f}')} |")
     lines += [
         "",
         f"Chance level of recall fidelity (scorer's `chance_level`: same prompt, other seeds, rendered ground "
