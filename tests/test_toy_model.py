@@ -217,6 +217,18 @@ def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, fl
     assert len(bundle.sampler_config.denoising_steps) == (12 if flow else 5)
 
 
+def test_object_margin_weights_the_cells_around_objects_as_much_as_the_objects():
+    from echo_core.toy.train import dilate
+
+    cover = torch.zeros(2, 3, 12, 12)
+    cover[0, 1, 5, 5], cover[1, 2, 0, 11] = 0.5, 1.0
+    grown = dilate(cover, 1)
+    assert torch.equal(grown[0, 1, 4:7, 4:7], torch.full((3, 3), 0.5))  # the 3x3 neighbourhood, same value
+    assert grown[0, 1].sum() == 9 * 0.5 and grown[0, 0].sum() == 0  # nothing else, no leak across frames
+    assert grown[1, 2, 0:2, 10:12].eq(1).all() and grown[1, 2].sum() == 4  # clipped at the frame edge
+    assert dilate(cover, 0) is cover
+
+
 def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
     from echo_core.toy.train import drop_prompts
     from echo_core.toy.train import main as train
