@@ -2,7 +2,8 @@
 
 Per chunk: start from Gaussian noise, denoise over a few (warped) timesteps predicting x0 from the
 flow-matching velocity and re-noising between steps, then run the model once more on the clean chunk (the
-commit pass, at timestep `context_noise`) so the cache stores clean K/V for the chunks that follow.
+commit pass, at timestep `context_noise`) so the cache stores clean K/V for the chunks that follow. Models trained
+with prompt dropout can be sampled with classifier-free guidance (`guidance`); distilled ones run at 1 (off).
 """
 
 from __future__ import annotations
