@@ -258,28 +258,33 @@ def write_loss_png(log: Path, png: Path, width: int = 480, height: int = 220) ->
     img.save(png)
 
 
+# Command-line options that set a TrainConfig field of the same name (the rest of main's options set the run).
+_RECIPE_OPTIONS: tuple[tuple[str, str | None], ...] = (
+    ("--steps", None),
+    ("--batch", None),
+    ("--lr", None),
+    ("--seed", None),
+    ("--p-clean", "share of blocks given as clean context"),
+    ("--object-noise", "max std of extra noise on the objects of clean context"),
+    ("--object-weight", "loss weight of object cells in windows"),
+    ("--object-margin", "latent cells around objects weighted like the objects (removes the over-painting bias)"),
+    ("--p-fade", "share of clean context frames whose objects are faded towards the background"),
+    ("--p-uncond", "share of prompts dropped to the empty prompt (trains classifier-free guidance)"),
+    ("--guidance", "guidance scale written into the weights' sampler settings (needs --p-uncond > 0)"),
+    ("--guidance-above", "guide only the denoising steps above this timestep (written into the sampler settings)"),
+)
+
+
+def _field(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m echo_core.toy.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder for weights and the loss log")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--batch", type=int, default=TrainConfig.batch)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--p-clean", type=float, default=TrainConfig.p_clean, help="share of blocks given as clean context")
-    p.add_argument("--object-noise", type=float, default=TrainConfig.object_noise,
-                   help="max std of extra noise on the objects of clean context")
-    p.add_argument("--object-weight", type=float, default=TrainConfig.object_weight,
-                   help="loss weight of object cells in windows")
-    p.add_argument("--object-margin", type=int, default=TrainConfig.object_margin,
-                   help="latent cells around objects weighted like the objects (removes the over-painting bias)")
-    p.add_argument("--p-fade", type=float, default=TrainConfig.p_fade,
-                   help="share of clean context frames whose objects are faded towards the background")
-    p.add_argument("--p-uncond", type=float, default=TrainConfig.p_uncond,
-                   help="share of prompts dropped to the empty prompt (trains classifier-free guidance)")
-    p.add_argument("--guidance", type=float, default=TrainConfig.guidance,
-                   help="guidance scale written into the weights' sampler settings (needs --p-uncond > 0)")
-    p.add_argument("--guidance-above", type=float, default=TrainConfig.guidance_above,
-                   help="guide only the denoising steps above this timestep (written into the sampler settings)")
+    for flag, help_ in _RECIPE_OPTIONS:  # each defaults to its TrainConfig field
+        default = getattr(TrainConfig, _field(flag))
+        p.add_argument(flag, type=type(default), default=default, help=help_)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (results depend on it slightly; 1 is fastest on a shared 2-core machine)")
     p.add_argument("--flow", action="store_true",
@@ -292,12 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
         sys.exit("error: --steps and --batch must be >= 1")
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                      details="landmarks" if args.flow_landmarks else "random" if args.flow else "noise",
-                      p_clean=args.p_clean, object_noise=args.object_noise, object_weight=args.object_weight,
-                      object_margin=args.object_margin,
-                      p_fade=args.p_fade, p_uncond=args.p_uncond, guidance=args.guidance,
-                      guidance_above=args.guidance_above)
+    recipe = {_field(flag): getattr(args, _field(flag)) for flag, _ in _RECIPE_OPTIONS}
+    cfg = TrainConfig(details="landmarks" if args.flow_landmarks else "random" if args.flow else "noise", **recipe)
     if not 0 <= cfg.p_uncond < 1:
         sys.exit(f"error: --p-uncond must lie in [0, 1), got {cfg.p_uncond}")
     if cfg.guidance != 1 and cfg.p_uncond == 0:
