@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("error: --steps and --batch must be >= 1")
     recipe = {_field(flag): getattr(args, _field(flag)) for flag, _ in _RECIPE_OPTIONS}
     cfg = TrainConfig(details="landmarks" if args.flow_landmarks else "random" if args.flow else "noise", **recipe)
+    if cfg.object_margin < 0:
+        sys.exit(f"error: --object-margin must be >= 0 latent cells, got {cfg.object_margin}")
     if not 0 <= cfg.p_uncond < 1:
         sys.exit(f"error: --p-uncond must lie in [0, 1), got {cfg.p_uncond}")
     if cfg.guidance != 1 and cfg.p_uncond == 0:
@@ -377,7 +379,7 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             _save(out, model, opt, ema, step + 1, cfg)
     if start >= cfg.steps:  # resumed at the end: rewrites the weights' settings (sampler), the weights stay as they are
         _save(out, model, opt, ema, start, cfg)
-    if start < cfg.steps:
+    else:
         write_loss_png(out / LOG_FILE, out / "loss_curve.png")
     print(f"done: {cfg.steps} steps in {time.perf_counter() - t_start:.0f} s -> {out / DIT_FILE}", flush=True)
     return 0
