@@ -242,6 +242,8 @@ def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
     assert drop_prompts(texts, 0.0, g) is texts
     with pytest.raises(SystemExit, match="p-uncond"):
         train(["--out", str(tmp_path / "x"), "--steps", "1", "--guidance", "3"])
+    with pytest.raises(SystemExit, match="guidance must lie"):
+        train(["--out", str(tmp_path / "x"), "--steps", "1", "--p-uncond", "0.1", "--guidance", "50"])
     with pytest.raises(SystemExit, match="object-margin"):
         train(["--out", str(tmp_path / "x"), "--steps", "1", "--object-margin", "-1"])
     assert train(["--out", str(tmp_path / "cfg"), "--steps", "1", "--batch", "1", "--flow-landmarks",

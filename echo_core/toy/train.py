@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: --p-uncond must lie in [0, 1), got {cfg.p_uncond}")
     if cfg.guidance != 1 and cfg.p_uncond == 0:
         sys.exit("error: --guidance other than 1 needs a model trained with prompt dropout: add --p-uncond 0.1")
+    try:  # the sampler settings are first written at the first checkpoint: check them before training, not then
+        sampler_for(cfg)
+    except ValueError as e:
+        sys.exit(f"error: sampler settings (--guidance / --guidance-above): {e}")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
