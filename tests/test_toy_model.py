@@ -198,14 +198,14 @@ def test_landmark_details_follow_the_noise_and_objects_do_not():
         new_scene(np.random.default_rng(0), spec, 48, details="seeded")
 
 
-@pytest.mark.parametrize("flow", [False, True])
-def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, flow):
+@pytest.mark.parametrize("details", ["landmarks", "noise"])
+def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, details):
     from safetensors.torch import load_file
 
     from echo_core.toy import load_toy_model
     from echo_core.toy.train import main as train
 
-    args = ["--steps", "2", "--batch", "1", "--log-every", "1"] + (["--flow-landmarks"] if flow else [])
+    args = ["--steps", "2", "--batch", "1", "--log-every", "1", "--details", details]
     assert train(["--out", str(tmp_path / "a")] + args) == 0
     assert train(["--out", str(tmp_path / "b")] + args) == 0
     a, b = (load_file(str(tmp_path / d / "toy_dit.safetensors")) for d in "ab")
@@ -213,6 +213,7 @@ def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, fl
     log = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 2
     bundle = load_toy_model(tmp_path / "a")
+    flow = details != "noise"
     assert bundle.sampler_config.renoise == ("ode" if flow else "fresh")
     assert len(bundle.sampler_config.denoising_steps) == (12 if flow else 5)
 
@@ -229,6 +230,21 @@ def test_object_margin_weights_the_cells_around_objects_as_much_as_the_objects()
     assert dilate(cover, 0) is cover
 
 
+def test_a_resumed_training_run_gives_the_weights_of_an_uninterrupted_one(tmp_path):
+    """The shipped weights were trained in two parts (--resume); that must be the same run as the default command.
+    (Within the warmup the learning rate does not depend on --steps, so 2 + 1 steps and 3 steps share it.)"""
+    from safetensors.torch import load_file
+
+    from echo_core.toy.train import main as train
+
+    common = ["--batch", "1", "--log-every", "1"]
+    assert train(["--out", str(tmp_path / "whole"), "--steps", "3"] + common) == 0
+    assert train(["--out", str(tmp_path / "parts"), "--steps", "2"] + common) == 0
+    assert train(["--out", str(tmp_path / "parts"), "--steps", "3", "--resume"] + common) == 0
+    a, b = (load_file(str(tmp_path / d / "toy_dit.safetensors")) for d in ("whole", "parts"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
     from echo_core.toy.train import drop_prompts
     from echo_core.toy.train import main as train
@@ -241,12 +257,12 @@ def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
     assert bool((blank ^ kept).all()) and 0.1 < blank.float().mean() < 0.4
     assert drop_prompts(texts, 0.0, g) is texts
     with pytest.raises(SystemExit, match="p-uncond"):
-        train(["--out", str(tmp_path / "x"), "--steps", "1", "--guidance", "3"])
+        train(["--out", str(tmp_path / "x"), "--steps", "1", "--p-uncond", "0", "--guidance", "3"])
     with pytest.raises(SystemExit, match="guidance must lie"):
         train(["--out", str(tmp_path / "x"), "--steps", "1", "--p-uncond", "0.1", "--guidance", "50"])
     with pytest.raises(SystemExit, match="object-margin"):
         train(["--out", str(tmp_path / "x"), "--steps", "1", "--object-margin", "-1"])
-    assert train(["--out", str(tmp_path / "cfg"), "--steps", "1", "--batch", "1", "--flow-landmarks",
+    assert train(["--out", str(tmp_path / "cfg"), "--steps", "1", "--batch", "1",
                   "--p-uncond", "0.5", "--guidance", "2.5"]) == 0
     from echo_core.toy import load_toy_model
 
@@ -255,7 +271,7 @@ def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
     from safetensors.torch import load_file
 
     before = load_file(str(tmp_path / "cfg" / "toy_dit.safetensors"))
-    assert train(["--out", str(tmp_path / "cfg"), "--steps", "1", "--batch", "1", "--flow-landmarks",
+    assert train(["--out", str(tmp_path / "cfg"), "--steps", "1", "--batch", "1",
                   "--p-uncond", "0.5", "--guidance", "1.5", "--guidance-above", "400", "--resume"]) == 0
     after = load_file(str(tmp_path / "cfg" / "toy_dit.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -275,6 +291,23 @@ def test_shipped_weights_are_small_and_load_as_a_causal_wan_checkpoint(bundle):
     n = sum(p.numel() for p in model.parameters())
     assert 1_000_000 <= n <= 3_000_000
     assert bundle.latent_shape == (16, bundle.height // 4, bundle.width // 4)
+
+
+def test_shipped_weights_come_from_the_default_training_command(bundle):
+    """README and the model card say `python -m echo_core.toy.train` gives the shipped weights: its defaults must be
+    the recipe recorded in them, and the sampler they ship with the one that recipe implies."""
+    import dataclasses
+    import json
+
+    from safetensors import safe_open
+
+    from echo_core.toy.train import TrainConfig, sampler_for
+
+    with safe_open(str(WEIGHTS / "toy_dit.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["toy.train_config"]) == dataclasses.asdict(TrainConfig())
+    assert int(meta["toy.train_steps"]) == TrainConfig().steps
+    assert bundle.sampler_config == sampler_for(TrainConfig())
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -4,11 +4,14 @@ Diffusion forcing over 21-frame windows (see data.py for the window kinds): ever
 own noise level, 30% of blocks (and every memory frame) are clean context with a little noise left in them
 and a timestep of 0, as the sampler's commit pass presents its own imperfect output. Frames attend block-causally;
 the loss is flow matching's velocity v = eps - x0 at t = 1000*s on the noisy blocks. Each step also trains 16
-context-free scene openings at t = 1000 on the very noise their unprompted details are read from (data.py,
-`opening_loss`), so the first denoising step of a new scene commits to a sharp layout instead of the blurry
-average of all layouts that a mean-squared-error model would otherwise predict from pure noise (the sampler
-draws fresh noise at every step, so a layout that is not committed at once never is). Everything is seeded
-(data per step, noise per step, init), so a run with the same arguments and thread count gives the same weights.
+context-free scene openings. The default recipe (the shipped weights; MODEL_CARD.md) is plain flow matching,
+sampled along the flow ODE, with each scene's landmarks read from its first block's noise at every noise level
+(so a new scene's unprompted layout follows its seed noise and the ODE keeps it), object cells and a one-cell
+margin around them weighted 8x, objects in clean context faded at random (the model learns to restore them
+rather than let them fade in a rollout) and 10% of prompts dropped (classifier-free guidance is available).
+`--details noise` is the earlier recipe: every unprompted detail read from the noise, sampled with fresh noise.
+Everything is seeded (data per step, noise per step, init), so a run with the same arguments and thread count
+gives the same weights.
 
 Writes into --out: toy_dit.safetensors (EMA weights, Wan key names, config in metadata), toy_assets.safetensors
 (codec + text encoder), train_log.jsonl (loss curve) and train_state.pt (for --resume).
@@ -32,6 +35,7 @@ from echo_core.model.wan import CausalWanModel, block_causal_mask
 from echo_core.sampler import SamplerConfig
 from echo_core.toy.codec import ToyCodec
 from echo_core.toy.data import (
+    DETAILS,
     Openings,
     fit_frames,
     object_mask,
@@ -52,7 +56,7 @@ OBJECT_WEIGHT = 4.0  # loss weight of object pixels in scene openings
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 5000
     batch: int = 4
     lr: float = 1e-3
     warmup: int = 100
@@ -69,18 +73,18 @@ class TrainConfig:
     seed: int = 0
     codec_frames: int = 512
     size: int = 48  # pixels; 12x12 latents, 6x6 = 36 tokens per frame
-    details: str = "noise"  # data.new_scene: "noise" (noise-seeded details, fresh-noise sampler), "random" or
-    # "landmarks" (plain flow matching, sampled with the ODE)
-    # Options tried for the objects (see MODEL_CARD.md, "Experiments"); the defaults give the shipped weights.
-    object_weight: float = 1.0  # loss weight of object cells in windows (objects are a few percent of a frame)
+    details: str = "landmarks"  # data.new_scene: "landmarks" or "random" (plain flow matching, sampled with the
+    # ODE), "noise" (every unprompted detail read from the seed noise, fresh-noise sampler; the first shipped model)
+    # Options for the objects (see MODEL_CARD.md, "Experiments"); the defaults give the shipped weights.
+    object_weight: float = 8.0  # loss weight of object cells in windows (objects are a few percent of a frame)
     # Weight a margin of this many latent cells (4 px each) around objects too. Weighting the object cells alone
     # biases the model to paint object colour wherever an object might be (a miss costs more than a false
     # paint), and in a rollout the blobs grow chunk by chunk; weighting the surroundings as much removes the bias.
-    object_margin: int = 0
+    object_margin: int = 1
     object_noise: float = 0.0  # max std of extra noise on the object cells of clean context (ragged objects)
-    p_fade: float = 0.0  # share of clean context frames whose objects are faded towards the background
+    p_fade: float = 0.5  # share of clean context frames whose objects are faded towards the background
     max_fade: float = 0.7  # fade amount drawn uniformly in [0, max_fade]: the model learns to restore objects
-    p_uncond: float = 0.0  # share of prompts replaced by the empty prompt, so the sampler can use guidance
+    p_uncond: float = 0.1  # share of prompts replaced by the empty prompt, so the sampler can use guidance
     guidance: float = 1.0  # classifier-free guidance scale the weights are sampled with (needs p_uncond > 0)
     guidance_above: float = 0.0  # ... on the denoising steps above this timestep only
 
@@ -285,12 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     for flag, help_ in _RECIPE_OPTIONS:  # each defaults to its TrainConfig field
         default = getattr(TrainConfig, _field(flag))
         p.add_argument(flag, type=type(default), default=default, help=help_)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (results depend on it slightly; 1 is fastest on a shared 2-core machine)")
-    p.add_argument("--flow", action="store_true",
-                   help="plain flow matching with random details, sampled by the ODE (default: noise-seeded details)")
-    p.add_argument("--flow-landmarks", action="store_true",
-                   help="as --flow, but landmarks read from the seed noise at every noise level")
+    p.add_argument("--details", choices=DETAILS, default=TrainConfig.details,
+                   help="landmarks: flow matching, landmarks read from the seed noise (default); random: flow "
+                        "matching, every detail at random; noise: every detail read from the seed noise")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (results depend on it slightly: the shipped weights used 2)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.batch < 1:
         sys.exit("error: --steps and --batch must be >= 1")
     recipe = {_field(flag): getattr(args, _field(flag)) for flag, _ in _RECIPE_OPTIONS}
-    cfg = TrainConfig(details="landmarks" if args.flow_landmarks else "random" if args.flow else "noise", **recipe)
+    cfg = TrainConfig(details=args.details, **recipe)
     if cfg.object_margin < 0:
         sys.exit(f"error: --object-margin must be >= 0 latent cells, got {cfg.object_margin}")
     if not 0 <= cfg.p_uncond < 1:
