@@ -218,6 +218,27 @@ def test_training_script_writes_loadable_weights_with_their_sampler(tmp_path, de
     assert len(bundle.sampler_config.denoising_steps) == (12 if flow else 5)
 
 
+def test_shape_warmup_trains_one_object_openings_first(tmp_path):
+    import json
+
+    from echo_core.toy.data import opening_blocks, shape_spec
+    from echo_core.toy.grammar import SHAPES
+    from echo_core.toy.train import main as train
+
+    rng = np.random.default_rng(0)
+    specs = [shape_spec(rng) for _ in range(200)]
+    assert all(len(s.objects) == 1 and s.objects[0].motion == "static" and s.pattern == "plain" for s in specs)
+    assert {s.objects[0].shape for s in specs} == set(SHAPES)
+    text = ToyTextEncoder.create(seed=0)
+    openings = opening_blocks(np.random.default_rng(1), 3, text, 48, "landmarks", spec_of=shape_spec)
+    assert all(len(seg.spec.objects) == 1 for seg in openings.segments) and openings.texts.shape[0] == 3
+
+    assert train(["--out", str(tmp_path / "w"), "--steps", "3", "--shape-warmup", "2", "--batch", "1",
+                  "--log-every", "1"]) == 0
+    kinds = [set(json.loads(line)["kinds"]) for line in (tmp_path / "w" / "train_log.jsonl").read_text().splitlines()]
+    assert kinds[:2] == [{"shape"}, {"shape"}] and "opening" in kinds[2] and "shape" not in kinds[2]
+
+
 def test_object_margin_weights_the_cells_around_objects_as_much_as_the_objects():
     from echo_core.toy.train import dilate
 

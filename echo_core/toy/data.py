@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from echo_core.toy.grammar import COLOURS, SceneSpec, describe, sample_spec, smooth_variant
+from echo_core.toy.grammar import COLOURS, ObjectSpec, SceneSpec, describe, sample_spec, smooth_variant
 from echo_core.toy.world import (
     DARK_SHADE,
     LANDMARK_RGB,
@@ -174,12 +174,19 @@ class Openings:
     texts: torch.Tensor  # [n, L, D]
 
 
+def shape_spec(rng: np.random.Generator) -> SceneSpec:
+    """One still object on a plain background: a scene that differs from its shape variants in the shape alone."""
+    spec = sample_spec(rng, max_objects=1)
+    return SceneSpec((ObjectSpec(spec.objects[0].colour, spec.objects[0].shape),), spec.background)
+
+
 def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int = 48,
-                   details: str = "noise") -> Openings:
-    """Scene openings (`new_scene` for `details`); with random details `noise` is independent of them."""
+                   details: str = "noise", spec_of=sample_spec) -> Openings:
+    """Scene openings (`new_scene` for `details`) of scenes drawn by `spec_of`; with random details `noise` is
+    independent of them."""
     segments, noises, texts = [], [], []
     for _ in range(count):
-        spec = sample_spec(rng)
+        spec = spec_of(rng)
         seg, noise = new_scene(rng, spec, size, details)
         noise = noise if noise is not None else _noise(rng, size)
         segments.append(seg)
