@@ -283,6 +283,8 @@ def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
         train(["--out", str(tmp_path / "x"), "--steps", "1", "--p-uncond", "0.1", "--guidance", "50"])
     with pytest.raises(SystemExit, match="object-margin"):
         train(["--out", str(tmp_path / "x"), "--steps", "1", "--object-margin", "-1"])
+    with pytest.raises(SystemExit, match="shape-warmup"):
+        train(["--out", str(tmp_path / "x"), "--steps", "1", "--shape-warmup", "-5"])
     assert train(["--out", str(tmp_path / "cfg"), "--steps", "1", "--batch", "1",
                   "--p-uncond", "0.5", "--guidance", "2.5"]) == 0
     from echo_core.toy import load_toy_model

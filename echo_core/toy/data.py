@@ -12,13 +12,15 @@ and whether it is memory (always clean context, never trained on). Kinds of wind
             a recall frame of the same scene (recall, jump 0-6), a frame of another scene (hard cut, jump 45 or
             small), or the chain's first frame plus the last two frames (smooth, no jump).
 "Time" below counts latent frames of a scene's own clock; latent frame j shows video frame 4j. Scenes are drawn
-with the world's own primitives (pattern, landmarks, shapes, motions), but their unprompted details (landmark
-positions, object starts) come from noise, not from a world seed: see "noise-seeded details" below.
+with the world's own primitives (pattern, landmarks, shapes, motions), but their unprompted details come from
+the scene's first-block noise, not from a world seed: the landmark positions always, the object starts too with
+details="noise" (random starts otherwise); see "noise-seeded details" and `new_scene` below.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,7 +183,8 @@ def shape_spec(rng: np.random.Generator) -> SceneSpec:
 
 
 def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int = 48,
-                   details: str = "noise", spec_of=sample_spec) -> Openings:
+                   details: str = "noise",
+                   spec_of: Callable[[np.random.Generator], SceneSpec] = sample_spec) -> Openings:
     """Scene openings (`new_scene` for `details`) of scenes drawn by `spec_of`; with random details `noise` is
     independent of them."""
     segments, noises, texts = [], [], []
@@ -285,7 +288,7 @@ def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kin
                   details: str = "noise") -> Window:
     """One training window drawn from `rng` (deterministic given the generator state).
 
-    Every scene that opens inside the window opens at latent time 0 with noise-seeded details; a scene seen
+    Every scene that opens inside the window opens at latent time 0 with `new_scene` details; a scene seen
     again (revisit, recall, smooth continuation) keeps the details it had."""
     if kind is None:
         names = list(KINDS)

@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(details=args.details, **recipe)
     if cfg.object_margin < 0:
         sys.exit(f"error: --object-margin must be >= 0 latent cells, got {cfg.object_margin}")
+    if cfg.shape_warmup < 0:
+        sys.exit(f"error: --shape-warmup must be >= 0 steps, got {cfg.shape_warmup}")
     if not 0 <= cfg.p_uncond < 1:
         sys.exit(f"error: --p-uncond must lie in [0, 1), got {cfg.p_uncond}")
     if cfg.guidance != 1 and cfg.p_uncond == 0:
