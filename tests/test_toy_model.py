@@ -352,15 +352,16 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_trained_model_draws_the_prompted_background(bundle):
-    """What the shipped model does reliably: the prompted background (colour and pattern) with its seed's landmarks.
-    It does NOT yet draw the objects (object presence is measured and printed, not asserted): issue 5's 90% scene
-    bar, which needs the objects, is not met by these weights."""
+def test_trained_model_draws_the_prompted_background_and_object_colours(bundle):
+    """What the shipped model does reliably: the prompted background (colour and pattern) with its seed's landmarks,
+    and every object as a patch of its colour of about its size that stays (the first shipped weights lost two of
+    these four objects within a chunk). It does NOT draw the objects' shapes (object presence, which needs the
+    shape, is printed, not asserted): issue 5's 90% scene bar is not met by these weights."""
     import dataclasses
 
     from echo_core.toy.grammar import COLOURS, PATTERNS
     from echo_core.toy.run import render_timeline
-    from echo_core.toy.scorer import identify_scene, object_presence
+    from echo_core.toy.scorer import identify_scene, object_colour_area, object_presence
 
     for i, prompt in enumerate(["a green square moving left on a purple dotted background",
                                 "an orange ring bouncing and a cyan cross standing still on a white plain background",
@@ -376,3 +377,6 @@ def test_trained_model_draws_the_prompted_background(bundle):
         print(f"{prompt}: background accuracy {acc:.2f}, object presence "
               f"{object_presence(frames, spec).float().mean(0).tolist()}")
         assert acc >= 0.9, f"background identification fell to {acc:.2f} on {prompt!r}"
+        area = object_colour_area(frames, spec)
+        drawn = ((area >= 0.3) & (area <= 3)).float().mean(0)  # per object: share of frames at 0.3-3x its size
+        assert bool((drawn >= 0.7).all()), f"objects of {prompt!r} drawn on {drawn.tolist()} of frames (need 0.7)"

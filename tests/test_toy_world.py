@@ -16,6 +16,7 @@ from echo_core.toy.scorer import (
     detail_match,
     identify_scene,
     motion_of,
+    object_colour_area,
     object_identity,
 )
 from echo_core.toy.world import (
@@ -268,3 +269,13 @@ def test_motion_of_recovers_each_motion():
                          background="purple", pattern="checkered")
         frames = degrade(render_clip(spec, 21, 24), generator=gen)
         assert motion_of(frames, spec) == [motion, "static"]
+
+
+def test_object_colour_area_is_about_one_for_drawn_objects_and_zero_for_missing_ones():
+    spec = parse_prompt("a red circle standing still and a red square moving left on a blue background")
+    frames = render_clip(spec, 3, 6, height=48, width=48)
+    area = object_colour_area(frames, spec)  # the two red objects share their pixels
+    assert area.shape == (6, 2) and torch.allclose(area[:, 0], area[:, 1])
+    assert bool(((area > 0.6) & (area < 1.2)).all())
+    blank = render_clip(replace(spec, objects=(ObjectSpec("white", "circle"),)), 3, 6, height=48, width=48)
+    assert float(object_colour_area(blank, spec).max()) < 0.05

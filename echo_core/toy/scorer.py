@@ -325,6 +325,20 @@ def object_presence(frames: torch.Tensor, spec: SceneSpec) -> torch.Tensor:
     return torch.stack(columns, 1)
 
 
+def object_colour_area(frames: torch.Tensor, spec: SceneSpec) -> torch.Tensor:
+    """[T, n_objects]: pixels in each object's colour over the area its shape covers (1 = about the right size;
+    objects of one colour share their pixels, so their areas add up). Says whether an object is drawn at all,
+    whatever its shape: 0 = gone, far above 1 = its colour floods the frame."""
+    post = palette_posterior(frames)
+    h, w = post.shape[-2:]
+    columns = []
+    for obj in spec.objects:
+        observed = (post[:, _NAMES.index(obj.colour)] > 0.5).float().sum((1, 2))
+        true = sum(_shape_area(o.shape, h, w) for o in spec.objects if o.colour == obj.colour)
+        columns.append(observed / true)
+    return torch.stack(columns, 1)
+
+
 def object_identity(frames: torch.Tensor, spec: SceneSpec) -> float:
     """Share of frames in which all of the spec's objects (colour + shape) are present."""
     return float(object_presence(frames, spec).all(1).float().mean())
