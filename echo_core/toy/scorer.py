@@ -126,6 +126,11 @@ def _shape_area(shape: str, height: int, width: int) -> float:
     return float(coverage(shape_sdf(shape, r.view(1, -1), r.view(-1, 1), geo.radius)).sum())
 
 
+def _colour_areas(post: torch.Tensor) -> torch.Tensor:
+    """[T, N]: pixels on which each bright colour is the majority (posterior > 0.5), the colour-area evidence."""
+    return (post[:, :_N] > 0.5).float().sum((2, 3))
+
+
 def _correlate(m_fft: torch.Tensor, kernel_fft: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Circular cross-correlation (the world wraps) from precomputed FFTs."""
     return torch.fft.irfft2(m_fft * kernel_fft.conj(), s=shape[-2:])
@@ -184,7 +189,7 @@ def scene_scores(frames: torch.Tensor, candidates: Sequence[SceneSpec]) -> torch
     post = palette_posterior(frames)
     h, w = post.shape[-2:]
     unit = math.pi * Geometry(h, w).radius ** 2  # one circle's area, the unit of the colour-area term
-    observed = (post[:, :_N] > 0.5).float().sum((2, 3))  # [T, N] area of each bright colour (majority)
+    observed = _colour_areas(post)
     cache: dict[tuple, torch.Tensor] = {}
     columns = []
     for spec in candidates:
@@ -308,9 +313,10 @@ def object_presence(frames: torch.Tensor, spec: SceneSpec) -> torch.Tensor:
     post = palette_posterior(frames)
     h, w = post.shape[-2:]
     unit = math.pi * Geometry(h, w).radius ** 2
+    areas = _colour_areas(post)
     columns = []
     for i, obj in enumerate(spec.objects):
-        observed = (post[:, _NAMES.index(obj.colour)] > 0.5).float().sum((1, 2))
+        observed = areas[:, _NAMES.index(obj.colour)]
         twins = [o for j, o in enumerate(spec.objects) if j != i and o.colour == obj.colour]
         same_colour = sum(_shape_area(o.shape, h, w) for o in twins)
 
@@ -331,11 +337,11 @@ def object_colour_area(frames: torch.Tensor, spec: SceneSpec) -> torch.Tensor:
     whatever its shape: 0 = gone, far above 1 = its colour floods the frame."""
     post = palette_posterior(frames)
     h, w = post.shape[-2:]
+    areas = _colour_areas(post)
     columns = []
     for obj in spec.objects:
-        observed = (post[:, _NAMES.index(obj.colour)] > 0.5).float().sum((1, 2))
         true = sum(_shape_area(o.shape, h, w) for o in spec.objects if o.colour == obj.colour)
-        columns.append(observed / true)
+        columns.append(areas[:, _NAMES.index(obj.colour)] / true)
     return torch.stack(columns, 1)
 
 
