@@ -22,8 +22,9 @@ for _path in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resol
 
 from echo_core.model.config import preset_with  # noqa: E402
 from echo_core.model.wan import CausalWanModel  # noqa: E402
-from echo_core.policies import POLICY_NAMES, make_cache  # noqa: E402
-from echo_core.sampler import SamplerConfig, ScenePlan, generate  # noqa: E402
+from echo_core.run import POLICY_NAMES, RunInputs, start_run  # noqa: E402
+from echo_core.sampler import SamplerConfig  # noqa: E402
+from echo_core.timeline import Timeline  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +44,6 @@ def main() -> None:
     cfg = preset_with("wan2.1-t2v-1.3b", num_layers=args.layers)
     torch.manual_seed(0)
     model = CausalWanModel(cfg).eval()
-    cache = make_cache(args.memory, cfg.num_layers)
     context = [torch.randn(1, 64, cfg.text_dim) * 0.1]
     sampler = SamplerConfig(denoising_steps=tuple(float(s) for s in args.steps.split(",")))
     lat = (cfg.in_dim, args.height // 8, args.width // 8)
@@ -53,8 +53,8 @@ def main() -> None:
     print("chunk  wall_s  cache_tokens  cache_MB")
     times = []
     with torch.no_grad():
-        for res in generate(model, cache, context, ScenePlan.single(args.chunks), latent_shape=lat, seed=0,
-                            config=sampler):
+        for res in start_run(model, args.memory, RunInputs(Timeline.single(args.chunks), tuple(context), lat,
+                                                           sampler=sampler)):
             times.append(res.report["wall_s"])
             print(f"{res.index + 1:5d}  {times[-1]:6.3f}  {res.report['cache_tokens']:12d}  "
                   f"{res.report['cache_bytes'] / 2**20:8.2f}")

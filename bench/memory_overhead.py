@@ -23,8 +23,9 @@ for _path in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resol
 
 from echo_core.model.config import preset_with  # noqa: E402
 from echo_core.model.wan import CausalWanModel  # noqa: E402
-from echo_core.policies import make_cache  # noqa: E402
-from echo_core.sampler import SamplerConfig, ScenePlan, generate  # noqa: E402
+from echo_core.run import RunInputs, start_run  # noqa: E402
+from echo_core.sampler import SamplerConfig  # noqa: E402
+from echo_core.timeline import Timeline  # noqa: E402
 
 
 def main() -> None:
@@ -45,9 +46,8 @@ def main() -> None:
     sampler = SamplerConfig(denoising_steps=tuple(float(s) for s in args.steps.split(",")))
     lat = (cfg.in_dim, args.height // 8, args.width // 8)
     tokens = (lat[1] // 2) * (lat[2] // 2)
-    runs = {name: generate(model, make_cache(name, cfg.num_layers), context, ScenePlan.single(args.chunks),
-                           latent_shape=lat, seed=0, config=sampler, device=args.device)
-            for name in ("rolling", "echo")}
+    inputs = RunInputs(Timeline.single(args.chunks), tuple(context), lat, sampler=sampler, device=args.device)
+    runs = {name: start_run(model, name, inputs) for name in ("rolling", "echo")}
     print(f"# 1.3B block geometry, {args.layers} layer(s), {tokens} tokens/frame, {len(sampler.denoising_steps)} "
           f"step(s) + commit per chunk, {args.dtype} on {args.device}, torch threads {torch.get_num_threads()}")
     print("chunk  rolling_s  echo_s  echo_cache_tokens  rolling_cache_tokens")

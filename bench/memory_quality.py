@@ -37,17 +37,14 @@ import mq_metrics as mq  # noqa: E402
 from mq_figure import draw_figure  # noqa: E402
 from mq_report import write_markdown  # noqa: E402
 
-from echo_core.cache.base import CachePolicy  # noqa: E402
-from echo_core.cache.echo.policy import EchoCache  # noqa: E402
 from echo_core.config import EchoConfig  # noqa: E402
-from echo_core.policies import make_cache  # noqa: E402
-from echo_core.sampler import SamplerConfig, ScenePlan, generate  # noqa: E402
-from echo_core.session import MemorySpec, _router, plan_run  # noqa: E402
-from echo_core.toy.codec import PATCH  # noqa: E402
+from echo_core.run import PolicyLike  # noqa: E402
+from echo_core.sampler import SamplerConfig  # noqa: E402
+from echo_core.session import MemorySpec  # noqa: E402
 from echo_core.toy.demo import DEMO_TIMELINE  # noqa: E402
 from echo_core.toy.grammar import SceneSpec, describe, sample_spec, smooth_variant  # noqa: E402
 from echo_core.toy.loader import ToyBundle, load_toy_model  # noqa: E402
-from echo_core.toy.run import timeline_spec  # noqa: E402
+from echo_core.toy.run import start_toy_run, timeline_spec  # noqa: E402
 from echo_core.toy.scorer import chance_level  # noqa: E402
 
 BENCH_SEED = 4_815_162  # held out: evaluate.py uses 20_240_611, tests and the demo use fixed prompts
@@ -126,40 +123,32 @@ def echo_config(name: str, fpc: int, routing: Any) -> EchoConfig:
     return cfg
 
 
-def build_cache(name: str, bundle: ToyBundle, plan: Any, spec: Any) -> CachePolicy:
-    layers = bundle.model.cfg.num_layers
+def policy_of(name: str, bundle: ToyBundle, routing: Any) -> PolicyLike:
     if name in ("rolling", "flush"):
-        return make_cache(name, layers)
-    return EchoCache(layers, echo_config(name, bundle.frames_per_chunk, spec.routing), router=_router(plan.timeline,
-                                                                                                      spec))
+        return name
+    return echo_config(name, bundle.frames_per_chunk, routing)
 
 
 def run_policies(bundle: ToyBundle, text: str, names: tuple[str, ...], seed: int,
                  sampler: SamplerConfig) -> dict[str, mq.RunFrames]:
     """Generate `text` under every policy, one chunk of each in turn; decode as it streams."""
     spec = timeline_spec(bundle, text)
-    cfg = bundle.model.cfg
-    plan = plan_run(spec, cfg, bundle.frames_per_chunk, bundle.height, bundle.width, spatial_compression=PATCH)
-    runs: dict[str, Any] = {}
-    for name in names:
-        cache = build_cache(name, bundle, plan, spec)
-        gen = generate(bundle.model, cache, list(spec.contexts), ScenePlan.from_timeline(plan.timeline),
-                       latent_shape=plan.latent_shape, seed=seed, config=sampler, patch=tuple(cfg.patch_size[1:]))
-        runs[name] = (gen, bundle.stream_decoder(), cache, [], [], [])
+    runs = {name: start_toy_run(bundle, spec, policy=policy_of(name, bundle, spec.routing), seed=seed,
+                                sampler=sampler) for name in names}
+    streams = {name: iter(run) for name, run in runs.items()}
+    collected: dict[str, tuple[list[torch.Tensor], list[tuple[int, int]]]] = {name: ([], []) for name in names}
     with torch.inference_mode():
-        for _ in range(plan.total_chunks):
-            for gen, decoder, _, frames, ranges, reports in runs.values():
-                result = next(gen)
-                f = decoder.push(result.latents.cpu())
-                start = ranges[-1][1] if ranges else 0
-                ranges.append((start, start + f.shape[0]))
-                frames.append(f)
-                reports.append(result.report)
+        for _ in range(next(iter(runs.values())).timeline.total_chunks):
+            for name, stream in streams.items():
+                chunk = next(stream)
+                frames, ranges = collected[name]
+                ranges.append((chunk.first_frame, chunk.first_frame + chunk.frames.shape[0]))
+                frames.append(chunk.frames)
     out = {}
-    for name, (gen, _, cache, frames, ranges, reports) in runs.items():
-        gen.close()
-        cache.release()
-        out[name] = mq.RunFrames(torch.cat(frames), ranges, reports)
+    for name, run in runs.items():
+        run.close()
+        frames, ranges = collected[name]
+        out[name] = mq.RunFrames(torch.cat(frames), ranges, run.run.reports)
     return out
 
 

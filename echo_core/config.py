@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from echo_core.errors import ConfigError, quote
 
 __all__ = [
     "ConfigError",
@@ -38,27 +41,30 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """An invalid configuration value; `field` is the dotted path of the offending key."""
-
-    def __init__(self, field_path: str, message: str) -> None:
-        super().__init__(f"{field_path}: {message}")
-        self.field = field_path
-
-
 def _choice(path: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(path, f"{value!r} is not one of {', '.join(allowed)}")
+        raise ConfigError(path, f"{quote(value)} is not one of {', '.join(allowed)}")
 
 
 def _int_at_least(path: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(path, f"must be an integer >= {low}, got {value!r}")
+        raise ConfigError(path, f"must be an integer >= {low}, got {quote(value)}")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (bools and NaN/inf are not numbers a setting can take)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _flag(path: str, value: Any) -> None:
+    # JSON true/false only: a string such as "no" is truthy and would silently mean the opposite
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"must be true or false, got {quote(value)}")
 
 
 def _unit(path: str, value: Any, *, open_low: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(path, f"must be a number in {'(0' if open_low else '[0'}, 1], got {value!r}")
+    if not _is_number(value):
+        raise ConfigError(path, f"must be a number in {'(0' if open_low else '[0'}, 1], got {quote(value)}")
     if value > 1 or value < 0 or (open_low and value == 0):
         raise ConfigError(path, f"must lie in {'(0' if open_low else '[0'}, 1], got {value}")
 
@@ -103,14 +109,18 @@ class _Serial:
         except ConfigError as e:
             if e.field.startswith(prefix) or not prefix:
                 raise
-            raise ConfigError(f"{prefix}.{e.field.split('.', 1)[-1]}", str(e).split(": ", 1)[-1]) from None
+            raise e.relabel(f"{prefix}.{e.field.split('.', 1)[-1]}") from None
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_json(cls, text: str):
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(cls.__name__, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        return cls.from_dict(data)
 
 
 @dataclass(frozen=True)
@@ -158,17 +168,20 @@ class HierarchicalMemoryConfig(_Serial):
             raise ConfigError(f"{p}.rolling_cycle", f"rolling_cycle * frames_per_chunk = {self.anchor_period} "
                                                     f"must not exceed window_frames ({self.window_frames}): the "
                                                     "ping-pong source is the scene's first window")
-        if isinstance(self.drift_gate_lambda, bool) or not isinstance(self.drift_gate_lambda, (int, float)) \
-                or self.drift_gate_lambda < 0:
-            raise ConfigError(f"{p}.drift_gate_lambda", f"must be a number >= 0, got {self.drift_gate_lambda!r}")
+        for name in ("use_amplitude_compensation", "use_drift_gate", "compressed_keep_origin_positions"):
+            _flag(f"{p}.{name}", getattr(self, name))
+        if not _is_number(self.drift_gate_lambda) or self.drift_gate_lambda < 0:
+            raise ConfigError(f"{p}.drift_gate_lambda", f"must be a number >= 0, got {quote(self.drift_gate_lambda)}")
         if self.fusion == "sum":  # official spelling; the code treats anything but "max" as mean
             object.__setattr__(self, "fusion", "mean")
         _choice(f"{p}.fusion", self.fusion, ("mean", "max"))
-        if not self.offsets or any(isinstance(o, bool) or not isinstance(o, int) or o < 0 for o in self.offsets):
-            raise ConfigError(f"{p}.offsets", f"must be a non-empty list of integers >= 0, got {self.offsets!r}")
+        offsets_ok = isinstance(self.offsets, tuple) and self.offsets and all(
+            not isinstance(o, bool) and isinstance(o, int) and o >= 0 for o in self.offsets)
+        if not offsets_ok:
+            raise ConfigError(f"{p}.offsets", f"must be a non-empty list of integers >= 0, got {quote(self.offsets)}")
         _choice(f"{p}.rope_position_mode", self.rope_position_mode, ("local", "tail"))
-        if not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 1:
-            raise ConfigError(f"{p}.rope_theta", f"must be a number > 1, got {self.rope_theta!r}")
+        if not _is_number(self.rope_theta) or self.rope_theta <= 1:
+            raise ConfigError(f"{p}.rope_theta", f"must be a number > 1, got {quote(self.rope_theta)}")
 
     @property
     def anchor_period(self) -> int:
@@ -208,7 +221,8 @@ class RecallFrameConfig(_Serial):
         _choice(f"{p}.mode", self.mode, ("score_weighted", "token_select"))
         _int_at_least(f"{p}.storage_frames", self.storage_frames, 1)
         if isinstance(self.source_frames, bool) or not isinstance(self.source_frames, int):
-            raise ConfigError(f"{p}.source_frames", f"must be an integer (<= 0 means all), got {self.source_frames!r}")
+            raise ConfigError(f"{p}.source_frames",
+                              f"must be an integer (<= 0 means all), got {quote(self.source_frames)}")
         _int_at_least(f"{p}.stride", self.stride, 1)
         _unit(f"{p}.base_frame_weight", self.base_frame_weight)
         _int_at_least(f"{p}.pool_max_size", self.pool_max_size, 1)
@@ -282,6 +296,8 @@ class TransitionConfig(_Serial):
 
     def __post_init__(self) -> None:
         p = "transition"
+        for name in ("use_old_memory", "use_old_recent", "use_scene_local_timing"):
+            _flag(f"{p}.{name}", getattr(self, name))
         _choice(f"{p}.old_memory_source", self.old_memory_source, ("compress", "select", "resink"))
         _int_at_least(f"{p}.old_recent_frames", self.old_recent_frames, 0)
         if self.rope_position_mode is not None:
@@ -319,13 +335,14 @@ class RoutingConfig(_Serial):
             method = "similarity"
         object.__setattr__(self, "method", method)
         _choice("routing.method", self.method, ("similarity", "idf"))
-        if any(isinstance(i, bool) or not isinstance(i, int) for i in self.manual_recall_scene_ids):
+        ids = self.manual_recall_scene_ids
+        if not isinstance(ids, tuple) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
             raise ConfigError("routing.manual_recall_scene_ids",
                               f"must be a list of integers (1-based scene numbers, 0 = automatic), got "
-                              f"{list(self.manual_recall_scene_ids)!r}")
-        if self.threshold is not None and (isinstance(self.threshold, bool)
-                                           or not isinstance(self.threshold, (int, float))):
-            raise ConfigError("routing.threshold", f"must be a number or null, got {self.threshold!r}")
+                              f"{quote(list(ids) if isinstance(ids, tuple) else ids)}")
+        if self.threshold is not None and not _is_number(self.threshold):
+            raise ConfigError("routing.threshold", f"must be a finite number or null (no threshold), got "
+                                                   f"{quote(self.threshold)}")
 
     def manual_source(self, dest_scene: int) -> int | None:
         """0-based source scene requested for `dest_scene`, or None for automatic routing."""
@@ -402,4 +419,4 @@ def _with_prefix(prefix: str, build):
         tail = path.split(".", 1)[1] if "." in path else path
         if path.startswith(prefix + "."):
             raise
-        raise ConfigError(f"{prefix}.{tail}", str(e).split(": ", 1)[-1]) from None
+        raise e.relabel(f"{prefix}.{tail}") from None

@@ -16,7 +16,10 @@ import torch
 
 from echo_core.cache.base import CachePolicy, CallInfo, ChunkInfo
 
-RENOISE_MODES = ("fresh", "ode")
+# Returns one draw of standard normal noise of the given shape (on the CPU; the sampler moves it to the device).
+NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
+StepHook = Callable[[int, int], None]  # (chunk, step) before every model call; interrupt hooks raise there
+X0Hook = Callable[[int, int, torch.Tensor], None]  # (chunk, step, x0) after every denoising step
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,6 @@ class SamplerConfig:
     num_train_timesteps: int = 1000
     context_noise: float = 0.0  # timestep of the commit pass; the clean chunk is passed as is (official)
     frames_per_chunk: int = 3
-    # Between steps: "fresh" re-noises x0 with new noise (Self-Forcing, for distilled few-step models); "ode"
-    # re-uses the noise the model predicted, i.e. Euler steps of the flow ODE (for models trained by plain
-    # flow matching, which only sample multimodal layouts along the ODE).
-    renoise: str = "fresh"
-    eta: float = 0.0  # "ode" only: share of fresh noise mixed in (DDIM's eta; 0 = pure ODE, 1 = as "fresh")
-    # "ode" only: re-noise to timesteps below this one with fresh noise. The ODE commits the layout at high noise;
-    # fresh-noise steps at low noise pull an imperfect model's output back onto clean images (SDEdit-style).
-    fresh_below: float = 0.0
     # Classifier-free guidance on the chunk being denoised: v = v_empty + guidance * (v_prompt - v_empty), the
     # empty prompt seeing the same cache. 1 = off (distilled models such as Self-Forcing); > 1 only for models
     # trained with prompt dropout (the toy model). Costs a second model call per denoising step.
@@ -51,22 +46,22 @@ class SamplerConfig:
                 raise ValueError(f"denoising_steps entries must lie in (0, {self.num_train_timesteps}], got {t}")
         if list(self.denoising_steps) != sorted(self.denoising_steps, reverse=True):
             raise ValueError(f"denoising_steps must be decreasing, got {list(self.denoising_steps)}")
-        if self.shift <= 0:
+        if not self.shift > 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
         if self.frames_per_chunk < 1:
             raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
-        if self.renoise not in RENOISE_MODES:
-            raise ValueError(f"renoise must be one of {', '.join(RENOISE_MODES)}, got {self.renoise!r}")
-        if not 0 <= self.fresh_below <= self.num_train_timesteps:
-            raise ValueError(f"fresh_below must lie in [0, {self.num_train_timesteps}], got {self.fresh_below}")
-        if not 0 <= self.eta <= 1:
-            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         if not 0 < self.guidance <= 20:
             raise ValueError(f"guidance must lie in (0, 20], got {self.guidance} (1 = off)")
         if not 0 <= self.guidance_above < self.num_train_timesteps:
             raise ValueError(f"guidance_above must lie in [0, {self.num_train_timesteps}), got {self.guidance_above}")
         if not 0 <= self.context_noise < self.num_train_timesteps:
             raise ValueError(f"context_noise must lie in [0, {self.num_train_timesteps}), got {self.context_noise}")
+
+    def renoise_target(self, x0: torch.Tensor, v: torch.Tensor, next_t: float,
+                       draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The noise x0 is re-noised with before the step at `next_t`: Self-Forcing draws fresh noise (distilled
+        few-step models). Models sampled otherwise override this (the toy model's ODE steps, toy/sampling.py)."""
+        return draw()
 
     def timesteps(self) -> list[float]:
         """The timesteps actually used, after Self-Forcing's warp through the shifted 1000-step table."""
@@ -116,13 +111,15 @@ class ChunkResult:
 def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Tensor], plan: ScenePlan, *,
              latent_shape: tuple[int, int, int], seed: int, config: SamplerConfig = SamplerConfig(),
              patch: tuple[int, int] = (2, 2), start_latents: torch.Tensor | None = None,
-             device: torch.device | str = "cpu", batch: int = 1,
-             on_step: Callable[[int, int], None] | None = None) -> Iterator[ChunkResult]:
+             device: torch.device | str = "cpu", batch: int = 1, on_step: StepHook | None = None,
+             on_x0: X0Hook | None = None, noise: NoiseSource | None = None) -> Iterator[ChunkResult]:
     """Yield each finished chunk of a video with `plan.total_chunks` chunks.
 
     contexts: one text embedding per scene ([L, text_dim] or [1, L, text_dim]). latent_shape: (C, H, W) of a latent
     frame. start_latents [B, C, F0, H, W]: frames written into the cache first (commit passes only); generation
-    continues after them. on_step(chunk, step) is called before every model call (interrupt hooks raise there).
+    continues after them. on_step(chunk, step) is called before every model call (interrupt hooks raise there);
+    on_x0(chunk, step, x0) after every denoising step. noise(shape) returns each draw of noise in order (default:
+    a CPU generator seeded with `seed`), so a run can be replayed on another implementation's noise.
     """
     if len(contexts) != len(plan.scene_starts):
         raise ValueError(f"got {len(contexts)} text embeddings for {len(plan.scene_starts)} scenes")
@@ -130,7 +127,11 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
     fpc = config.frames_per_chunk
     grid = (h // patch[0], w // patch[1])
     timesteps = config.timesteps()
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    if noise is None:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+
+        def noise(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn(shape, generator=gen)
     texts: dict[int, Any] = {}
 
     def text_of(scene: int) -> Any:
@@ -177,7 +178,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
         cache.begin_chunk(info)
         text = text_of(scene)
         shape = (batch, c, fpc, h, w)
-        x = torch.randn(shape, generator=gen).to(device)
+        x = _draw(noise, shape, device)
         x0 = x
         for step, t in enumerate(timesteps):
             if on_step is not None:
@@ -185,16 +186,13 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
             v = run(x, t, CallInfo(step, False), text)
             sigma = t / config.num_train_timesteps
             x0 = x.float() - sigma * v
+            if on_x0 is not None:
+                on_x0(chunk, step, x0)
             if step + 1 < len(timesteps):
                 nxt = timesteps[step + 1] / config.num_train_timesteps
-                if config.renoise == "fresh" or timesteps[step + 1] < config.fresh_below:
-                    noise = torch.randn(shape, generator=gen).to(device)
-                else:  # the noise the model predicted, optionally with some fresh noise mixed in
-                    noise = x0 + v
-                    if config.eta > 0:
-                        fresh = torch.randn(shape, generator=gen).to(device)
-                        noise = (1 - config.eta ** 2) ** 0.5 * noise + config.eta * fresh
-                x = (1 - nxt) * x0 + nxt * noise
+                target = config.renoise_target(x0, v, timesteps[step + 1],
+                                               lambda: _draw(noise, shape, device))  # type: ignore[misc]
+                x = (1 - nxt) * x0 + nxt * target
         if on_step is not None:
             on_step(chunk, len(timesteps))
         run(x0, config.context_noise, CallInfo(len(timesteps), True), text)
@@ -202,6 +200,13 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
         report.update(chunk=chunk, scene=scene, start_frame=frame, wall_s=time.perf_counter() - t0)
         yield ChunkResult(chunk, x0, info, report)
         frame += fpc
+
+
+def _draw(noise: NoiseSource, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    x = noise(shape)
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"the noise source returned shape {tuple(x.shape)} for a draw of {tuple(shape)}")
+    return x.to(device)
 
 
 def sample_video(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Tensor], plan: ScenePlan,

@@ -1,21 +1,16 @@
-"""One generation run, assembled from immutable specs: what the ComfyUI nodes (and any other front end) hand over.
+"""What the ComfyUI nodes (and any other front end) hand over to a run: immutable specs.
 
-The specs are frozen and hold no run state, so a host may cache and share them between runs. Everything
-mutable - the KV cache, the scene pool, the recall router's features, text K/V - is created inside
-`run_session` and released when its generator finishes, fails or is closed (an interrupt).
-
-`ModuleModel` runs the causal forward over any module tree with Wan2.1's submodule names and hyper-parameter
-attributes (our `CausalWanModel`, the original Wan `WanModel`, ComfyUI's `WanModel`).
+The specs are frozen and hold no run state, so a host may cache and share them between runs. A run is started
+through `echo_core.run.start_run` (the one entry into a run): `plan_run` schedules the timeline once for the
+model and `RunPlan.inputs` gives the run's inputs; `MemorySpec.policy_for` gives the policy.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from torch import nn
 
 from echo_core.config import (
     DecayConfig,
@@ -25,62 +20,26 @@ from echo_core.config import (
     RopeJumpConfig,
     RoutingConfig,
 )
+from echo_core.errors import SpecError
+from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.model.config import WanConfig
-from echo_core.model.wan import TextState, causal_forward, encode_text
-from echo_core.policies import make_cache
 from echo_core.routing import filter_common_tokens
-from echo_core.sampler import ChunkResult, SamplerConfig, ScenePlan, generate
-from echo_core.timeline import Timeline, TimelineError, TransitionMode, parse_timeline
+from echo_core.run import RunInputs
+from echo_core.sampler import SamplerConfig
+from echo_core.timeline import OFFICIAL_TOTAL_LATENT_FRAMES, Timeline, TimelineError, TimelineScript, parse_script
+
+__all__ = ["DecaySpec", "MemorySpec", "ModuleModel", "RunPlan", "SpecError", "TimelineSpec", "encode_timeline",
+           "plan_run", "recall_routing", "sampler_config", "wan_config_of", "with_decay"]
 
 TRANSITION_MODES = ("smooth", "hardcut", "recall")
 POLICIES = ("echo", "rolling", "full")
 
 
-class SpecError(ValueError):
-    """A user-facing setting that cannot work; `field` names the input to fix."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
-
-# --------------------------------------------------------------------------------------------- model
-class ModuleModel:
-    """Adapts a Wan-named module tree to the sampler's CausalModel protocol."""
-
-    def __init__(self, module: nn.Module, cfg: WanConfig):
-        self.module, self.cfg = module, cfg
-
-    def encode_text(self, context: torch.Tensor) -> TextState:
-        return encode_text(self.module, self.cfg, context)
-
-    def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, text: TextState, cache: Any) -> torch.Tensor:
-        return causal_forward(self.module, self.cfg, x, t, text, cache)
-
-
-def wan_config_of(module: nn.Module) -> WanConfig:
-    """WanConfig of a module exposing Wan's hyper-parameters as attributes (`cfg`, or dim/num_heads/... directly)."""
-    cfg = getattr(module, "cfg", None)
-    if isinstance(cfg, WanConfig):
-        return cfg
-    names = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim", "text_len",
-             "eps", "qk_norm", "cross_attn_norm")
-    missing = [n for n in names + ("patch_size",) if not hasattr(module, n)]
-    if missing:
-        raise SpecError("model", f"{type(module).__name__} is not a Wan2.1 DiT (no {', '.join(missing)})")
-    values = {n: getattr(module, n) for n in names}
-    values["patch_size"] = tuple(int(p) for p in module.patch_size)
-    if values["in_dim"] != values["out_dim"]:
-        raise SpecError("model", f"a text-to-video Wan2.1 DiT is needed; this one takes {values['in_dim']} input "
-                                 f"channels for {values['out_dim']} output channels (image-to-video or control model)")
-    return WanConfig(**values)
-
-
 # --------------------------------------------------------------------------------------------- timeline
 @dataclass(frozen=True, eq=False)
 class TimelineSpec:
-    """A timeline text with one text embedding per scene. Parsed again per run because chunk counts depend on the
-    model's frames per chunk; `validate` parses once with 3 frames per chunk to report errors early."""
+    """A timeline text with one text embedding per scene. The text is parsed once, here (`script`, durations in
+    seconds); a run schedules it in chunks once, for its model's frames per chunk (`schedule`)."""
 
     text: str
     fps: float = 16.0
@@ -88,18 +47,33 @@ class TimelineSpec:
     contexts: tuple[torch.Tensor, ...] = ()  # per scene, [1, L, text_dim]
     routing_contexts: tuple[torch.Tensor, ...] = ()  # per scene, prompt with common words removed (similarity)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    # Length of a timeline not every scene of which has a duration (official --num_output_frames, latent frames)
+    total_latent_frames: int | None = OFFICIAL_TOTAL_LATENT_FRAMES
+    script: TimelineScript | None = None  # filled in by __post_init__; kept by dataclasses.replace
 
-    def parse(self, frames_per_chunk: int = 3) -> Timeline:
+    def __post_init__(self) -> None:
+        if self.default_mode not in TRANSITION_MODES:
+            raise SpecError("default_transition", f"{self.default_mode!r} is not one of {', '.join(TRANSITION_MODES)}")
+        if self.script is None:
+            try:
+                object.__setattr__(self, "script", parse_script(self.text))
+            except TimelineError as e:
+                raise e.relabel("timeline") from None
+        self.schedule(3)  # fps, durations and manual recalls checked now, not at the first chunk
+
+    def schedule(self, frames_per_chunk: int = 3) -> Timeline:
+        """The timeline in chunks for a model making `frames_per_chunk` latent frames per chunk."""
         try:
-            return parse_timeline(self.text, fps=self.fps, frames_per_chunk=frames_per_chunk,
-                                  default_mode=self.default_mode)
+            return self.script.schedule(fps=self.fps, frames_per_chunk=frames_per_chunk,  # type: ignore[union-attr]
+                                        default_mode=self.default_mode, total_latent_frames=self.total_latent_frames)
         except TimelineError as e:
-            name = "fps" if e.field == "fps" else "timeline"
-            raise SpecError(name, str(e)) from None
+            raise e.relabel("fps" if e.field == "fps" else "timeline") from None
+
+    parse = schedule  # the name the nodes use
 
     @property
     def prompts(self) -> tuple[str, ...]:
-        return tuple(s.prompt for s in self.parse().scenes)
+        return self.script.prompts  # type: ignore[union-attr]
 
     def with_routing(self, routing: RoutingConfig) -> "TimelineSpec":
         return replace(self, routing=routing)
@@ -108,17 +82,14 @@ class TimelineSpec:
 def encode_timeline(text: str, fps: float, default_mode: str,
                     encode: Callable[[Sequence[str]], Sequence[torch.Tensor]],
                     encode_routing: Callable[[Sequence[str]], Sequence[torch.Tensor]] | None = None) -> TimelineSpec:
-    """Parse `text` (errors name the scene) and encode each scene's prompt, plus the routing prompts when some
+    """Parse `text` once (errors name the scene) and encode each scene's prompt, plus the routing prompts when some
     transition may recall (similarity routing compares prompts without the words most scenes share; those are
     not prompts a strict encoder must accept, hence the separate `encode_routing`)."""
-    if default_mode not in TRANSITION_MODES:
-        raise SpecError("default_transition", f"{default_mode!r} is not one of {', '.join(TRANSITION_MODES)}")
     spec = TimelineSpec(text, float(fps), default_mode)
-    timeline = spec.parse()
-    prompts = [s.prompt for s in timeline.scenes]
+    prompts = list(spec.prompts)
     contexts = tuple(_as_context(c, i) for i, c in enumerate(encode(prompts)))
     routing: tuple[torch.Tensor, ...] = ()
-    if any(t.mode is TransitionMode.RECALL for t in timeline.transitions) or default_mode == "recall":
+    if any(t.mode.value == "recall" for t in spec.schedule(3).transitions):
         routing = tuple(_as_context(c, i) for i, c in enumerate((encode_routing or encode)(
             filter_common_tokens(prompts))))
     return replace(spec, contexts=contexts, routing_contexts=routing)
@@ -166,6 +137,10 @@ class MemorySpec:
         for mode, _ in self.decay:
             if mode not in TRANSITION_MODES:
                 raise SpecError("transition", f"{mode!r} is not one of {', '.join(TRANSITION_MODES)}")
+
+    def policy_for(self, frames_per_chunk: int, routing: RoutingConfig = RoutingConfig()) -> str | EchoConfig:
+        """What `echo_core.run.start_run` takes: the EchoConfig of these settings, or a baseline's name."""
+        return self.echo_config(frames_per_chunk, routing) if self.policy == "echo" else self.policy
 
     def window_frames(self, frames_per_chunk: int) -> int:
         return self.anchor_frames + self.compressed_frames + self.recent_frames + frames_per_chunk
@@ -238,13 +213,23 @@ def sampler_config(steps: int, frames_per_chunk: int, shift: float = 5.0,
 
 @dataclass(frozen=True)
 class RunPlan:
+    """A timeline scheduled once for one model and size."""
+
     timeline: Timeline
     latent_shape: tuple[int, int, int]
     frames_per_chunk: int
+    patch: tuple[int, int] = (2, 2)
 
     @property
     def total_chunks(self) -> int:
         return self.timeline.total_chunks
+
+    def inputs(self, spec: TimelineSpec, *, seed: int, sampler: SamplerConfig,
+               start_latents: torch.Tensor | None = None, device: torch.device | str = "cpu") -> RunInputs:
+        """The run's inputs for `echo_core.run.start_run`."""
+        return RunInputs(self.timeline, tuple(spec.contexts), self.latent_shape, seed=seed, sampler=sampler,
+                         patch=self.patch, routing_features=spec.routing_contexts or None,
+                         start_latents=start_latents, device=device)
 
 
 def plan_run(timeline: TimelineSpec, cfg: WanConfig, frames_per_chunk: int, height: int, width: int,
@@ -253,81 +238,8 @@ def plan_run(timeline: TimelineSpec, cfg: WanConfig, frames_per_chunk: int, heig
     if height % step or width % step:
         raise SpecError("width" if width % step else "height",
                         f"width and height must be multiples of {step}, got {width}x{height}")
-    if len(timeline.contexts) != len(timeline.parse().scenes):
+    if len(timeline.contexts) != len(timeline.prompts):
         raise SpecError("timeline", "the timeline has no text embeddings for its scenes; connect a text encoder")
-    parsed = timeline.parse(frames_per_chunk)
-    return RunPlan(parsed, (cfg.in_dim, height // spatial_compression, width // spatial_compression),
-                   frames_per_chunk)
-
-
-def run_session(model: Any, cfg: WanConfig, timeline: TimelineSpec, memory: MemorySpec | None, plan: RunPlan, *,
-                seed: int, sampler: SamplerConfig, start_latents: torch.Tensor | None = None,
-                device: torch.device | str = "cpu",
-                on_step: Callable[[int, int], None] | None = None) -> Iterator[ChunkResult]:
-    """Generate every chunk of `plan`; all run state lives in this generator and is released when it ends."""
-    memory = memory or MemorySpec()
-    fpc = plan.frames_per_chunk
-    router = None
-    if memory.policy == "echo":
-        router = _router(plan.timeline, timeline)
-        cache = make_cache("echo", cfg.num_layers, echo_config=memory.echo_config(fpc, timeline.routing),
-                           router=router)
-    elif memory.policy == "rolling":  # Self-Forcing's baseline as the core defines it (21-frame window, 3 sink)
-        cache = make_cache("rolling", cfg.num_layers)
-    else:
-        cache = make_cache("full", cfg.num_layers)
-    contexts = [c.to(device) for c in timeline.contexts]
-    try:
-        with torch.no_grad():
-            yield from generate(model, cache, contexts, ScenePlan.from_timeline(plan.timeline),
-                                latent_shape=plan.latent_shape, seed=seed, config=sampler,
-                                patch=cfg.patch_size[1:], start_latents=start_latents, device=device,
-                                on_step=on_step)
-    finally:
-        cache.release()
-        del cache, router, contexts
-
-
-def _router(parsed: Timeline, spec: TimelineSpec) -> Any:
-    from echo_core.routing import RecallRouter
-
-    routing = spec.routing
-    if routing.method == "similarity" and not spec.routing_contexts:
-        if any(t.mode is TransitionMode.RECALL for t in parsed.transitions):
-            raise SpecError("routing", "similarity routing needs the prompts' embeddings; re-run the Prompt Timeline "
-                                       "node or choose idf routing")
-        return None
-    routing_contexts = list(spec.routing_contexts)
-
-    def encode(texts: Sequence[str]) -> list[torch.Tensor]:  # features for this timeline's scenes, in order
-        return [c[0] for c in routing_contexts]
-
-    return RecallRouter.from_timeline(parsed, method=routing.method, encode=encode, threshold=routing.threshold)
-
-
-def memory_report(reports: Sequence[dict[str, Any]], plan: RunPlan, memory: MemorySpec | None) -> dict[str, Any]:
-    """JSON-able summary of a run's cache use plus the per-chunk reports."""
-    peak = max((r.get("cache_bytes", 0) for r in reports), default=0)
-    return {
-        "policy": (memory or MemorySpec()).policy,
-        "chunks": len(reports),
-        "frames_per_chunk": plan.frames_per_chunk,
-        "latent_frames": len(reports) * plan.frames_per_chunk,
-        "scenes": [{"prompt": s.prompt, "chunks": s.num_chunks} for s in plan.timeline.scenes],
-        "peak_cache_mb": round(peak / 2**20, 3),
-        "peak_cache_tokens": max((r.get("cache_tokens", 0) for r in reports), default=0),
-        "wall_s": round(math.fsum(r.get("wall_s", 0.0) for r in reports), 3),
-        "chunk_reports": [_jsonable(r) for r in reports],
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist() if value.numel() <= 64 else f"tensor{tuple(value.shape)}"
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    return RunPlan(timeline.schedule(frames_per_chunk),
+                   (cfg.in_dim, height // spatial_compression, width // spatial_compression), frames_per_chunk,
+                   (int(cfg.patch_size[1]), int(cfg.patch_size[2])))

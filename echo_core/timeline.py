@@ -21,17 +21,23 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from echo_core.errors import EchoError
+
 __all__ = [
     "MarkerSemantics",
+    "OFFICIAL_TOTAL_LATENT_FRAMES",
     "Scene",
+    "ScriptScene",
     "Timeline",
     "TimelineError",
+    "TimelineScript",
     "Transition",
     "TransitionMode",
+    "parse_script",
     "parse_timeline",
 ]
 
@@ -50,18 +56,23 @@ class MarkerSemantics(str, Enum):
 MARKER_MODES = {"#": TransitionMode.HARDCUT, "@": TransitionMode.RECALL}
 TAG_FIX = "write the duration as [10s], [10s#] or [10s@] (or [10s@N] to recall scene N by hand)"
 MAX_SECONDS = 86_400.0  # one day; keeps chunk counts and float sums finite
+# Official `--num_output_frames` default (latent frames): the length of a timeline not every scene of which has a
+# duration (672 latent frames = 2,685 video frames, about 168 s at 16 fps).
+OFFICIAL_TOTAL_LATENT_FRAMES = 672
 NO_ESCAPE = "square brackets are reserved for duration tags and cannot be escaped; use ( ) in prompt text"
 
 
-class TimelineError(ValueError):
-    """A timeline that cannot be parsed. `scene_index` is 0-based, `column` a 0-based offset in the text."""
+class TimelineError(EchoError):
+    """A timeline that cannot be parsed. `field` names the part of the grammar (duration, unit, recall_source, ...),
+    `scene_index` is 0-based, `column` a 0-based offset in the text. The message itself names scene and column, so
+    it is shown without the field; `relabel("timeline")` gives the "timeline: ..." form a front end shows."""
 
     def __init__(self, message: str, *, scene_index: int | None = None, column: int | None = None,
                  field: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(field or "timeline", message)
+        self.args = (message,)
         self.scene_index = scene_index
         self.column = column
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,12 @@ class Timeline:
             "latent_frames": self.latent_frames,
             "video_frames": self.video_frames,
         }
+
+    @classmethod
+    def single(cls, total_chunks: int, prompt: str = "", *, frames_per_chunk: int = 3, fps: float = 16) -> Timeline:
+        """One scene of `total_chunks` chunks (benchmarks, single-prompt runs)."""
+        scene = Scene(0, prompt, None, None, None, 0, total_chunks)
+        return cls((scene,), (), ("",), fps, frames_per_chunk, total_chunks)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Timeline:
@@ -297,92 +314,144 @@ def _check_positive(name: str, value: Any, integer: bool) -> None:
         raise TimelineError(f"{name} must be {kind}, got {value!r}", field=name)
 
 
-def parse_timeline(text: str, *, fps: float = 16, frames_per_chunk: int = 3, temporal_compression: int = 4,
-                   default_mode: TransitionMode | str = TransitionMode.SMOOTH, default_chunks_per_scene: int = 21,
-                   marker_semantics: MarkerSemantics | str = MarkerSemantics.OUTGOING,
-                   total_latent_frames: int | None = None) -> Timeline:
-    """Parse a timeline (spec §6.1). Chunk arithmetic generalises the official formulas to
-    `fpc = frames_per_chunk`, `tc = temporal_compression`:
+@dataclass(frozen=True)
+class ScriptScene:
+    """One scene as written: prompt and tag, durations still in seconds (no chunk arithmetic yet)."""
 
-    * chunks of a scene with duration d: `max(1, int(d*fps / (tc*fpc)))`; without: `default_chunks_per_scene`;
-    * if every scene has a duration, latent frames `F = max(fpc, ceil((int(Σd*fps) // tc) / fpc) * fpc)`
-      (`total_latent_frames` is ignored, as the official `--num_output_frames` is); otherwise
-      `F = total_latent_frames` rounded up to a multiple of fpc, or the sum of the scenes' chunks;
-    * the last scene gets all chunks the others leave (§11 item 11).
-    """
+    index: int  # 0-based
+    prompt: str
+    seconds: float | None
+    marker: str | None
+    recall_source: int | None  # 1-based, from an inline "@N"
+    part: _Part = field(compare=False, repr=False)  # where it sits in the text, for errors
+    tag: _Tag | None = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class TimelineScript:
+    """A timeline text parsed once: scenes in seconds and subtitles. `schedule` turns it into chunks for a model;
+    a run parses the text once and schedules it once, for its model's frames per chunk."""
+
+    scenes: tuple[ScriptScene, ...]
+    subtitles: tuple[str, ...]  # as written (not yet padded to the scene count)
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return tuple(s.prompt for s in self.scenes)
+
+    @property
+    def has_recall(self) -> bool:
+        return any(s.marker == "@" for s in self.scenes)
+
+    def schedule(self, *, fps: float = 16, frames_per_chunk: int = 3, temporal_compression: int = 4,
+                 default_mode: TransitionMode | str = TransitionMode.SMOOTH, default_chunks_per_scene: int = 21,
+                 marker_semantics: MarkerSemantics | str = MarkerSemantics.OUTGOING,
+                 total_latent_frames: int | None = OFFICIAL_TOTAL_LATENT_FRAMES) -> Timeline:
+        """Chunk arithmetic (spec §6.1), generalising the official formulas to `fpc = frames_per_chunk` and
+        `tc = temporal_compression`:
+
+        * chunks of a scene with duration d: `max(1, int(d*fps / (tc*fpc)))`; without: `default_chunks_per_scene`;
+        * if every scene has a duration, latent frames `F = max(fpc, ceil((int(Σd*fps) // tc) / fpc) * fpc)`
+          (`total_latent_frames` is ignored, as the official `--num_output_frames` is); otherwise
+          `F = total_latent_frames` rounded up to a multiple of fpc (official default 672; None = the sum of the
+          scenes' chunks);
+        * the last scene gets all chunks the others leave (§11 item 11).
+        """
+        _check_positive("fps", fps, integer=False)
+        for name, value in (("frames_per_chunk", frames_per_chunk), ("temporal_compression", temporal_compression),
+                            ("default_chunks_per_scene", default_chunks_per_scene)):
+            _check_positive(name, value, integer=True)
+        try:
+            default_mode = TransitionMode(default_mode)
+            marker_semantics = MarkerSemantics(marker_semantics)
+        except ValueError as e:
+            raise TimelineError(f"{e}; choose one of {[m.value for m in TransitionMode]} for default_mode and "
+                                f"{[m.value for m in MarkerSemantics]} for marker_semantics", field="mode") from e
+        if total_latent_frames is not None:
+            _check_positive("total_latent_frames", total_latent_frames, integer=True)
+        n = len(self.scenes)
+        outgoing = marker_semantics is MarkerSemantics.OUTGOING
+        _check_manual_recalls(self.scenes, outgoing, marker_semantics)
+
+        fpc, tc = frames_per_chunk, temporal_compression
+        chunks = [default_chunks_per_scene if s.seconds is None else max(1, int(s.seconds * fps / (tc * fpc)))
+                  for s in self.scenes]
+        if all(s.seconds is not None for s in self.scenes):
+            video = int(sum(s.seconds for s in self.scenes) * fps)  # type: ignore[misc]
+            latent = max(fpc, -(-(video // tc) // fpc) * fpc)
+        elif total_latent_frames is not None:
+            latent = -(-total_latent_frames // fpc) * fpc
+        else:
+            latent = sum(chunks) * fpc
+        total_chunks = latent // fpc
+        others = sum(chunks[:-1])
+        last = self.scenes[-1].part
+        if total_chunks - others < 1:
+            raise _fail(last, last.column, "duration",
+                        f"the scenes before it need {others} chunks ({others * fpc} latent frames) but the timeline "
+                        f"has only {total_chunks} ({latent} latent frames), leaving none for the last scene; "
+                        f"lengthen the last scene or raise total_latent_frames")
+        chunks[-1] = total_chunks - others
+
+        scenes, start = [], 0
+        for s, count in zip(self.scenes, chunks):
+            scenes.append(Scene(s.index, s.prompt, s.seconds, s.marker, s.recall_source, start, count))
+            start += count
+        transitions = []
+        for i in range(n - 1):
+            src = scenes[i] if outgoing else scenes[i + 1]
+            mode = MARKER_MODES.get(src.marker or "", default_mode)
+            manual = None if src.recall_source is None else src.recall_source - 1
+            transitions.append(Transition(scenes[i + 1].start_chunk, i, i + 1, mode, manual))
+        subs = (list(self.subtitles) + [""] * n)[:n]
+        return Timeline(tuple(scenes), tuple(transitions), tuple(subs), fps, fpc, total_chunks, tc)
+
+
+def _check_manual_recalls(scenes: tuple[ScriptScene, ...], outgoing: bool, semantics: MarkerSemantics) -> None:
+    """An inline "@N" must name a scene that is finished before the destination scene starts."""
+    n = len(scenes)
+    for s in scenes:
+        if s.tag is None or s.recall_source is None:
+            continue
+        dest = s.index + 1 if outgoing else s.index
+        col = s.tag.marker_column
+        if dest >= n if outgoing else dest == 0:
+            which = "last" if outgoing else "first"
+            raise _fail(s.part, col, "recall_source",
+                        f"'@{s.recall_source}' is on the {which} scene, whose marker has no transition "
+                        f"({semantics.value} markers); remove the scene number or move the marker")
+        if not 1 <= s.recall_source <= dest:
+            raise _fail(s.part, col, "recall_source",
+                        f"'@{s.recall_source}' must name an earlier scene than scene {dest + 1} (which it "
+                        f"enters), i.e. a number from 1 to {dest}")
+
+
+def parse_script(text: str) -> TimelineScript:
+    """Parse a timeline text (spec §6.1 grammar): scenes, tags and subtitles; errors name scene and column."""
     if not isinstance(text, str):
         raise TimelineError(f"the timeline must be text, got {type(text).__name__}", field="text")
-    _check_positive("fps", fps, integer=False)
-    for name, value in (("frames_per_chunk", frames_per_chunk), ("temporal_compression", temporal_compression),
-                        ("default_chunks_per_scene", default_chunks_per_scene)):
-        _check_positive(name, value, integer=True)
-    try:
-        default_mode = TransitionMode(default_mode)
-        marker_semantics = MarkerSemantics(marker_semantics)
-    except ValueError as e:
-        raise TimelineError(f"{e}; choose one of {[m.value for m in TransitionMode]} for default_mode and "
-                            f"{[m.value for m in MarkerSemantics]} for marker_semantics", field="mode") from e
-    if total_latent_frames is not None:
-        _check_positive("total_latent_frames", total_latent_frames, integer=True)
-
-    scene_text, sep, subtitle_text = text.partition(";")
+    # Official: `split(';')` - scenes before the first ';', subtitles between the first and the second.
+    scene_text, *rest = text.split(";")
     parts = _split_parts(scene_text)
     if not parts:
         raise TimelineError("the timeline has no scenes; write prompts separated by '|', e.g. "
                             "'a cat on a sofa [10s] | the cat jumps down [5s#]'", column=0, field="text")
-    parsed = [_parse_part(p) for p in parts]
-    n = len(parts)
+    scenes = []
+    for part in parts:
+        prompt, tag = _parse_part(part)
+        scenes.append(ScriptScene(part.index, prompt, None if tag is None else tag.seconds,
+                                  None if tag is None else tag.marker, None if tag is None else tag.recall_source,
+                                  part, tag))
+    subs = tuple(s.strip() for s in rest[0].split("|")) if rest else ()
+    return TimelineScript(tuple(scenes), subs)
 
-    # Manual recall "@N" must name a scene that is finished before the destination scene starts.
-    outgoing = marker_semantics is MarkerSemantics.OUTGOING
-    for part, (_, tag) in zip(parts, parsed):
-        if tag is None or tag.recall_source is None:
-            continue
-        dest = part.index + 1 if outgoing else part.index
-        ignored = dest >= n if outgoing else dest == 0
-        col = tag.marker_column
-        if ignored:
-            which = "last" if outgoing else "first"
-            raise _fail(part, col, "recall_source",
-                        f"'@{tag.recall_source}' is on the {which} scene, whose marker has no transition "
-                        f"({marker_semantics.value} markers); remove the scene number or move the marker")
-        if not 1 <= tag.recall_source <= dest:
-            raise _fail(part, col, "recall_source",
-                        f"'@{tag.recall_source}' must name an earlier scene than scene {dest + 1} (which it "
-                        f"enters), i.e. a number from 1 to {dest}")
 
-    fpc, tc = frames_per_chunk, temporal_compression
-    chunks = [default_chunks_per_scene if tag is None else max(1, int(tag.seconds * fps / (tc * fpc)))
-              for _, tag in parsed]
-    if all(tag is not None for _, tag in parsed):
-        video = int(sum(tag.seconds for _, tag in parsed) * fps)
-        latent = max(fpc, -(-(video // tc) // fpc) * fpc)
-    elif total_latent_frames is not None:
-        latent = -(-total_latent_frames // fpc) * fpc
-    else:
-        latent = sum(chunks) * fpc
-    total_chunks = latent // fpc
-    others = sum(chunks[:-1])
-    if total_chunks - others < 1:
-        raise _fail(parts[-1], parts[-1].column, "duration",
-                    f"the scenes before it need {others} chunks ({others * fpc} latent frames) but the timeline "
-                    f"has only {total_chunks} ({latent} latent frames), leaving none for the last scene; "
-                    f"lengthen the last scene or raise total_latent_frames")
-    chunks[-1] = total_chunks - others
-
-    scenes, start = [], 0
-    for part, (prompt, tag), count in zip(parts, parsed, chunks):
-        scenes.append(Scene(part.index, prompt, None if tag is None else tag.seconds,
-                            None if tag is None else tag.marker, None if tag is None else tag.recall_source,
-                            start, count))
-        start += count
-    transitions = []
-    for i in range(n - 1):
-        src = scenes[i] if outgoing else scenes[i + 1]
-        mode = MARKER_MODES.get(src.marker or "", default_mode)
-        manual = None if src.recall_source is None else src.recall_source - 1
-        transitions.append(Transition(scenes[i + 1].start_chunk, i, i + 1, mode, manual))
-
-    subs = [s.strip() for s in subtitle_text.split("|")] if sep else []
-    subs = (subs + [""] * n)[:n]
-    return Timeline(tuple(scenes), tuple(transitions), tuple(subs), fps, fpc, total_chunks, tc)
+def parse_timeline(text: str, *, fps: float = 16, frames_per_chunk: int = 3, temporal_compression: int = 4,
+                   default_mode: TransitionMode | str = TransitionMode.SMOOTH, default_chunks_per_scene: int = 21,
+                   marker_semantics: MarkerSemantics | str = MarkerSemantics.OUTGOING,
+                   total_latent_frames: int | None = OFFICIAL_TOTAL_LATENT_FRAMES) -> Timeline:
+    """Parse and schedule a timeline in one go (`parse_script(text).schedule(...)`; see there)."""
+    return parse_script(text).schedule(
+        fps=fps, frames_per_chunk=frames_per_chunk, temporal_compression=temporal_compression,
+        default_mode=default_mode, default_chunks_per_scene=default_chunks_per_scene,
+        marker_semantics=marker_semantics, total_latent_frames=total_latent_frames)

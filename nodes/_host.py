@@ -17,20 +17,17 @@ import comfy.utils
 import torch
 from PIL import Image
 
+from echo_core.errors import InputError, SpecError
+from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.model.config import WanConfig
 from echo_core.sampler import SamplerConfig
-from echo_core.session import ModuleModel, SpecError, wan_config_of
 
 TOY_LATENTS = "echo-toy"  # latent space of the bundled demo model's codec (echo_core.toy.loader.LATENT_SPACE)
 WAN21 = "wan21"  # latent space of the Wan 2.1 VAE (what ComfyUI's VAE Decode expects after process_out)
 
 
-class NodeInputError(ValueError):
-    """An execution error whose message starts with the input to fix."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
+class NodeInputError(InputError):
+    """An execution error whose message starts with the node input to fix."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,7 +84,7 @@ def resolve_model(model: Any) -> Resolved:
     try:
         cfg = wan_config_of(inner)
     except SpecError as e:
-        raise NodeInputError("model", str(e).split(": ", 1)[-1]) from None
+        raise NodeInputError("model", e.detail) from None
     return Resolved(model, ModuleModel(inner, cfg), cfg, 3, WAN21)
 
 
@@ -160,7 +157,7 @@ def _previewer(latent_space: str) -> Callable[[torch.Tensor], Any] | None:
     import latent_preview
 
     if latent_space == TOY_LATENTS:  # the bundled demo model: its own (cheap, exact) codec draws the preview
-        from .toy import toy_bundle
+        from .toy_model import toy_bundle
 
         codec = toy_bundle().codec
 

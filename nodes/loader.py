@@ -85,7 +85,7 @@ def _load_toy(weight_dtype: str, frames_per_chunk: int | None) -> ARModel:
 
     from echo_core.model.fp8_linear import quantize_blocks_fp8
 
-    from .toy import toy_bundle
+    from .toy_model import toy_bundle
 
     toy = toy_bundle()
     module = copy.deepcopy(toy.model)  # our own copy: the patcher moves and casts it, the shared bundle stays as is

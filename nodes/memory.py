@@ -10,9 +10,10 @@ import json
 
 from comfy_api.latest import io
 
-from echo_core.config import ConfigError, DecayConfig
+from echo_core.config import DecayConfig
+from echo_core.errors import EchoError
 from echo_core.model.config import get_preset
-from echo_core.session import MemorySpec, SpecError, with_decay
+from echo_core.session import MemorySpec, with_decay
 
 from . import types
 from ._host import ARModel, NodeInputError
@@ -20,9 +21,8 @@ from ._host import ARModel, NodeInputError
 DEFAULT_DECAY = DecayConfig()  # smooth transition's official values
 
 
-def _fail(e: Exception) -> NodeInputError:
-    field = getattr(e, "field", "memory")
-    return NodeInputError(str(field).split(".")[-1], str(e).split(": ", 1)[-1])
+def _fail(e: EchoError) -> NodeInputError:
+    return NodeInputError(e.field.split(".")[-1] or "memory", e.detail)
 
 
 class SceneMemoryCache(io.ComfyNode):
@@ -80,7 +80,7 @@ class SceneMemoryCache(io.ComfyNode):
                 spec.echo_config(fpc)  # validates the layout now rather than at sampling time
             cfg = budget_model.config if budget_model is not None else get_preset("wan2.1-t2v-1.3b")
             budget = spec.budget(cfg, budget_height, budget_width, fpc)
-        except (SpecError, ConfigError) as e:
+        except EchoError as e:
             raise _fail(e) from None
         text = json.dumps(budget)
         shown = (f"{budget.get('window_frames', 'all')} frames x {budget['tokens_per_frame']} tokens = "
@@ -123,5 +123,5 @@ class DecaySettings(io.ComfyNode):
                               fixed_rate=fixed_rate, first_block_weight=first_chunk_weight,
                               clear_after_blocks=clear_after_chunks)
             return io.NodeOutput(with_decay(decay, transition, cfg))
-        except (SpecError, ConfigError) as e:
+        except EchoError as e:
             raise _fail(e) from None

@@ -1,8 +1,8 @@
 """Echo-Forcing Sampler: chunk-by-chunk generation of a (multi-scene) video as a LATENT for VAE Decode.
 
 Owns: model / timeline / memory wiring, seed, size, denoising steps, the optional start latent, progress and
-the memory report. The run itself (cache, routing, chunk loop) is echo_core.session.run_session; every piece
-of run state is created inside one execute call and freed when it returns or is interrupted.
+the memory report. The run itself (cache, routing, chunk loop) is echo_core.run.start_run; every piece of run
+state is created inside one execute call and freed when it returns or is interrupted.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import json
 import torch
 from comfy_api.latest import io
 
-from echo_core.config import ConfigError
-from echo_core.session import MemorySpec, SpecError, TimelineSpec, memory_report, plan_run, run_session, sampler_config
+from echo_core.errors import EchoError
+from echo_core.run import start_run
+from echo_core.session import MemorySpec, TimelineSpec, plan_run, sampler_config
 
 from . import types
 from ._host import (
@@ -72,13 +73,12 @@ class EchoForcingSampler(io.ComfyNode):
         try:
             plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
             sampler = sampler_config(steps, fpc, resolved.shift, resolved.sampler)
-        except (SpecError, ConfigError) as e:
-            raise NodeInputError(getattr(e, "field", "timeline"), str(e).split(": ", 1)[-1]) from None
+        except EchoError as e:
+            raise NodeInputError(e.field, e.detail) from None
         start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space)
         with torch.inference_mode():  # as ComfyUI's executor does; also covers direct calls (tests, scripts)
-            chunks, reports = _generate(resolved, timeline, memory, plan, seed, sampler, start)
+            chunks, report = _generate(resolved, timeline, memory or MemorySpec(), plan, seed, sampler, start)
         video = torch.cat(([start.cpu()] if start is not None else []) + chunks, dim=2)
-        report = memory_report(reports, plan, memory)
         report["latent_shape"] = list(video.shape)
         samples = to_vae_space(video, resolved.latent_space)
         text = json.dumps(report)
@@ -90,25 +90,29 @@ class EchoForcingSampler(io.ComfyNode):
         return io.NodeOutput(latent, text, ui={"text": [summary]})
 
 
-def _generate(resolved, timeline, memory, plan, seed, sampler, start):
+def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, sampler, start):
     device = load_to_device(resolved.patcher)
     progress = ChunkProgress(plan.total_chunks, resolved.latent_space)
-    chunks, reports = [], []
-    run = run_session(resolved.model, resolved.config, timeline, memory, plan, seed=seed, sampler=sampler,
-                      start_latents=None if start is None else start.to(device), device=device,
-                      on_step=progress.check_interrupt)
+    chunks = []
+    try:
+        inputs = plan.inputs(timeline, seed=seed, sampler=sampler, device=device,
+                             start_latents=None if start is None else start.to(device))
+        run = start_run(resolved.model, memory.policy_for(plan.frames_per_chunk, timeline.routing), inputs,
+                        on_step=progress.check_interrupt)
+    except EchoError as e:
+        raise NodeInputError(e.field, e.detail) from None
     try:
         for result in run:
             chunks.append(result.latents.cpu())
-            reports.append(result.report)
             progress.tick(len(chunks), result.latents)
-    except (SpecError, ConfigError) as e:
-        raise NodeInputError(getattr(e, "field", "memory"), str(e).split(": ", 1)[-1]) from None
+    except EchoError as e:
+        raise NodeInputError(e.field, e.detail) from None
     finally:
         run.close()  # frees the cache even when an interrupt or error left the loop early
-        del run
         free_memory()
-    return chunks, reports
+    report = run.report()
+    del run
+    return chunks, report
 
 
 def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str) -> torch.Tensor | None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from echo_core.session import SpecError, TimelineSpec, encode_timeline, recall_routing
+from echo_core.errors import EchoError
+from echo_core.session import TimelineSpec, encode_timeline, recall_routing
 from echo_core.text_standin import standin_embedding
 
 from . import types
@@ -50,7 +51,7 @@ class PromptTimeline(io.ComfyNode):
             return True
         try:
             TimelineSpec(timeline).parse()
-        except SpecError as e:
+        except EchoError as e:
             return str(e)
         return True
 
@@ -59,8 +60,8 @@ class PromptTimeline(io.ComfyNode):
         try:
             spec = encode_timeline(timeline, fps, default_transition, lambda prompts: encode_prompts(clip, prompts),
                                    lambda prompts: encode_prompts(clip, prompts, strict=False))
-        except SpecError as e:
-            raise NodeInputError(e.field, str(e).split(": ", 1)[-1]) from None
+        except EchoError as e:
+            raise NodeInputError(e.field, e.detail) from None
         parsed = spec.parse()
         summary = [f"{s.index + 1}. {s.prompt} [{s.num_chunks} chunks]" for s in parsed.scenes]
         return io.NodeOutput(spec, ui={"text": ["\n".join(summary)]})
@@ -96,8 +97,8 @@ class RecallScene(io.ComfyNode):
         try:
             n = len(timeline.parse().scenes)
             cfg = recall_routing(routing, scene if source == "scene number" else None, threshold, n)
-        except SpecError as e:
-            raise NodeInputError(e.field, str(e).split(": ", 1)[-1]) from None
+        except EchoError as e:
+            raise NodeInputError(e.field, e.detail) from None
         if routing == "similarity" and not timeline.routing_contexts and source == "auto":
             raise NodeInputError("routing", "similarity routing needs embeddings of the recall prompts, but the "
                                             "timeline has no recall transition; add an '@' marker or use idf")

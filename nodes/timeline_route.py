@@ -17,10 +17,9 @@ import json
 import sys
 from typing import Any, Callable, Mapping
 
-try:  # loaded by ComfyUI as part of the plugin package
-    from ..echo_core.timeline import TimelineError, parse_timeline
-except ImportError:  # loaded on its own (tests, tools) with the repository root on sys.path
-    from echo_core.timeline import TimelineError, parse_timeline
+# One import identity for the core, as every node file has: the plugin's __init__ puts the repository root on
+# sys.path, so `echo_core` here is the same module (and TimelineError the same class) the sampler raises.
+from echo_core.timeline import TimelineError, parse_timeline
 
 ROUTE = "/echo_forcing/timeline"
 MAX_TEXT_CHARS = 100_000  # a timeline is a few lines; this only stops absurd requests early

@@ -7,25 +7,13 @@ so its latents go through Echo Toy Decode instead of VAE Decode; its prompts use
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
 from comfy_api.latest import io
 
-from . import types
+from . import toy_model, types
 from ._host import NodeInputError
-
-
-@lru_cache(maxsize=1)
-def toy_bundle() -> Any:
-    """The bundled toy model (DiT, codec, text encoder), read once per process: it is a few MB and read-only."""
-    try:
-        from echo_core.toy.loader import load_toy_model
-
-        return load_toy_model()
-    except (ImportError, FileNotFoundError) as e:
-        raise NodeInputError("model_name", f"the bundled demo model is not available in this install: {e}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +41,7 @@ class EchoToyTextEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput(ToyPrompts(toy_bundle().text_encoder))
+        return io.NodeOutput(ToyPrompts(toy_model.toy_bundle().text_encoder))
 
 
 class EchoToyDecode(io.ComfyNode):
@@ -70,7 +58,7 @@ class EchoToyDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples: dict) -> io.NodeOutput:
-        toy = toy_bundle()
+        toy = toy_model.toy_bundle()
         space = samples.get("echo_latent_space")
         if space != toy.latent_space:
             found = space or "no latent-space tag, e.g. from a Wan model"

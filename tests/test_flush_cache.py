@@ -12,8 +12,8 @@ import torch
 from echo_core.cache.base import CallInfo, ChunkInfo
 from echo_core.cache.flush import FlushCache
 from echo_core.cache.rolling import RollingCache
-from echo_core.policies import make_cache
-from echo_core.timeline import Transition, TransitionMode
+from echo_core.run import PolicyContext, make_policy
+from echo_core.timeline import Timeline, Transition, TransitionMode
 
 GRID = (2, 3)  # 6 tokens per frame
 S = GRID[0] * GRID[1]
@@ -113,7 +113,7 @@ def test_flush_modes_limit_which_switches_flush():
 
 
 def test_budget_is_bounded_over_a_long_multi_scene_run():
-    cache = make_cache("flush", LAYERS)
+    cache = make_policy("flush", PolicyContext(LAYERS, Timeline.single(1), 3))
     assert isinstance(cache, FlushCache)
     sizes, tokens = set(), []
     scenes = [7, 5, 9, 3, 11, 6] * 8  # 48 switches, 328 chunks

@@ -10,6 +10,7 @@ from echo_core.cache.rolling import RollingCache, full_cache
 from echo_core.model.config import get_preset
 from echo_core.model.wan import CausalWanModel, block_causal_mask
 from echo_core.sampler import SamplerConfig, ScenePlan, generate, sample_video
+from echo_core.toy.sampling import ToySamplerConfig
 
 torch.set_grad_enabled(False)
 
@@ -155,7 +156,7 @@ class _HalfVelocity:
 
 @pytest.mark.parametrize("renoise", ["ode", "fresh"])
 def test_ode_renoise_takes_euler_steps_and_fresh_draws_new_noise(renoise):
-    cfg = SamplerConfig(denoising_steps=(1000.0, 500.0), warp_denoising_step=False, renoise=renoise)
+    cfg = ToySamplerConfig(denoising_steps=(1000.0, 500.0), warp_denoising_step=False, renoise=renoise)
     out, _ = sample_video(_HalfVelocity(), full_cache(1), [torch.zeros(1, 4, 8)], ScenePlan.single(1),
                           latent_shape=(16, 2, 2), seed=3, config=cfg)
     noise = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(3))
@@ -169,7 +170,7 @@ def test_ode_renoise_takes_euler_steps_and_fresh_draws_new_noise(renoise):
 
 def test_ode_eta_mixes_fresh_noise_in():
     def run(**kw):
-        cfg = SamplerConfig(denoising_steps=(1000.0, 600.0, 300.0), warp_denoising_step=False, **kw)
+        cfg = ToySamplerConfig(denoising_steps=(1000.0, 600.0, 300.0), warp_denoising_step=False, **kw)
         return sample_video(_HalfVelocity(), full_cache(1), [torch.zeros(1, 4, 8)], ScenePlan.single(2),
                             latent_shape=(16, 2, 2), seed=5, config=cfg)[0]
 
@@ -244,12 +245,12 @@ def test_guidance_leaves_the_cache_as_the_prompted_calls_wrote_it(model):
 def test_node_sampler_keeps_the_models_renoise_and_sets_the_steps():
     from echo_core.session import sampler_config
 
-    base = SamplerConfig(renoise="ode", eta=0.2, fresh_below=300.0, shift=2.0, frames_per_chunk=1)
+    base = ToySamplerConfig(renoise="ode", eta=0.2, fresh_below=300.0, shift=2.0, frames_per_chunk=1)
     cfg = sampler_config(12, 3, base=base)
     assert (cfg.renoise, cfg.eta, cfg.fresh_below, cfg.shift, cfg.frames_per_chunk) == ("ode", 0.2, 300.0, 2.0, 3)
     assert len(cfg.denoising_steps) == 12 and cfg.denoising_steps[0] == 1000.0
     plain = sampler_config(4, 3, shift=5.0)
-    assert plain.renoise == "fresh" and plain.timesteps() == SamplerConfig().timesteps()
+    assert type(plain) is SamplerConfig and plain.timesteps() == SamplerConfig().timesteps()
 
 
 @pytest.mark.parametrize("bad, field", [({"denoising_steps": ()}, "denoising_steps"),
@@ -263,7 +264,7 @@ def test_node_sampler_keeps_the_models_renoise_and_sets_the_steps():
                                         ({"guidance_above": 1000.0}, "guidance_above")])
 def test_sampler_config_errors_name_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
-        SamplerConfig(**bad)
+        ToySamplerConfig(**bad)  # the core config's checks plus the toy model's re-noise options
 
 
 def test_start_latents_are_written_first(model):

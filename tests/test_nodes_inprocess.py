@@ -173,11 +173,13 @@ def test_sampler_output_is_process_out_of_the_core_run(plugin, models, comfy_inp
     samples = latent["samples"]
     # 3 s at 16 fps -> 48 frames -> 12 latent frames -> 4 chunks of 3
     assert samples.shape == (1, 16, 12, 8, 8)
-    from echo_core.session import MemorySpec, ModuleModel, plan_run, run_session, sampler_config
+    from echo_core.run import start_run
+    from echo_core.session import MemorySpec, ModuleModel, plan_run, sampler_config
 
     plan = plan_run(spec, ar.config, 3, 64, 64)
-    core = torch.cat([r.latents for r in run_session(ModuleModel(ar.patcher.model, ar.config), ar.config, spec,
-                                                     MemorySpec(), plan, seed=5, sampler=sampler_config(2, 3))], 2)
+    inputs = plan.inputs(spec, seed=5, sampler=sampler_config(2, 3))
+    core, _ = start_run(ModuleModel(ar.patcher.model, ar.config), MemorySpec().policy_for(3, spec.routing),
+                        inputs).collect()
     fmt = comfy_inprocess.latent_formats.Wan21()
     assert torch.equal(samples, fmt.process_out(core))
     import json
@@ -216,16 +218,16 @@ def test_sampler_interrupt_frees_the_cache(plugin, models, monkeypatch):
     ar, spec = _load(n, names["wan"]), _timeline(n, TL)
     import comfy.model_management as mm
 
-    import echo_core.session as session
+    import echo_core.run as run
 
     made = []
-    real = session.make_cache
+    real = run.make_policy
 
     def recording(*args, **kwargs):
         made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(session, "make_cache", recording)
+    monkeypatch.setattr(run, "make_policy", recording)
     ticks = []
     real_tick = n["_host"].ChunkProgress.tick
 
@@ -329,8 +331,8 @@ def random_toy(plugin, monkeypatch):
     frames = torch.rand(8, 3, 64, 64)
     bundle = ToyBundle(CausalWanModel(get_preset("toy")).eval(), ToyCodec.fit(frames), ToyTextEncoder.create(0),
                        SAMPLER)
-    toy = import_module(f"{plugin.__name__}.nodes.toy")
-    monkeypatch.setattr(toy, "toy_bundle", lambda: bundle)
+    toy_model = import_module(f"{plugin.__name__}.nodes.toy_model")
+    monkeypatch.setattr(toy_model, "toy_bundle", lambda: bundle)
     return bundle
 
 

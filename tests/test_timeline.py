@@ -78,8 +78,9 @@ def test_subtitles_are_padded_and_truncated():
     assert parse_timeline("a | b | c ; one | two").subtitles == ("one", "two", "")
     assert parse_timeline("a | b ; one | two | three").subtitles == ("one", "two")
     assert parse_timeline("a | b").subtitles == ("", "")
-    # Only the first ';' separates; subtitles are free text (brackets allowed there).
-    assert parse_timeline("a ; x [y] ; z").subtitles == ("x [y] ; z",)
+    # Official `split(';')[1]`: subtitles lie between the first and the second ';' (brackets allowed there).
+    assert parse_timeline("a ; x [y] ; z").subtitles == ("x [y]",)
+    assert parse_timeline("a;x;y").subtitles == ("x",)
 
 
 # ------------------------------------------------------------------------------------------------ arithmetic
@@ -93,11 +94,14 @@ def test_framewise_chunks_fpc_1():
 
 
 def test_missing_durations_use_defaults_or_total_latent_frames():
+    # Official: without every duration the video is --num_output_frames long (default 672 latent frames).
     t = parse_timeline("A | B[1s]")
-    assert [s.num_chunks for s in t.scenes] == [21, 1] and t.latent_frames == 66
+    assert [s.num_chunks for s in t.scenes] == [21, 203] and t.latent_frames == 672
     t = parse_timeline("A | B[1s]", total_latent_frames=100)  # rounded up to 102 = 34 chunks
     assert t.latent_frames == 102 and [s.num_chunks for s in t.scenes] == [21, 13]
-    t = parse_timeline("A | B", default_chunks_per_scene=5)
+    t = parse_timeline("A | B[1s]", total_latent_frames=None)  # None: the sum of the scenes' own chunks
+    assert [s.num_chunks for s in t.scenes] == [21, 1] and t.latent_frames == 66
+    t = parse_timeline("A | B", default_chunks_per_scene=5, total_latent_frames=None)
     assert [s.num_chunks for s in t.scenes] == [5, 5]
     # When every scene has a duration, total_latent_frames is ignored (official --num_output_frames).
     # 10 s -> 160 frames -> 40 latent -> rounded up to 42 = 14 chunks.

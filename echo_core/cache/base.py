@@ -1,19 +1,23 @@
 """The interface between the causal DiT and a KV-cache policy.
 
 The model never knows which policy it runs under. Per forward call it hands each layer's raw (post-norm,
-pre-RoPE) q, k, v of the current chunk to `CachePolicy.attend`, and gets back what to attend to: the
-queries' positions and a list of key/value spans, each with its own positions and optional per-token
-weights. The model rotates queries and keys with those positions, scales keys and values by the weights
+pre-RoPE) q, k, v of the current chunk to `CachePolicy.attend`, and gets back what to attend to
+(`AttentionInputs`, defined with the model in echo_core.model.attention_io so the model never imports a
+policy). The model rotates queries and keys with those positions, scales keys and values by the weights
 (spec §2.8) and runs scaled_dot_product_attention. Tensors are head-major: [B, H, L, D].
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from echo_core.model.attention_io import AttentionInputs, KVSpan
+
+__all__ = ["AttentionInputs", "CachePolicy", "CallInfo", "ChunkInfo", "KVSpan"]
 
 
 @dataclass(frozen=True)
@@ -45,20 +49,6 @@ class CallInfo:
 
     step: int  # 0 for the first denoising call of the chunk; commit pass uses the step count
     commit: bool
-
-
-@dataclass
-class KVSpan:
-    k: torch.Tensor  # [B, H, L, D] raw keys (not rotated)
-    v: torch.Tensor  # [B, H, L, D]
-    positions: torch.Tensor  # [L, 3] long (t, y, x)
-    weights: torch.Tensor | None = None  # [L]; multiplies rotated keys and values
-
-
-@dataclass
-class AttentionInputs:
-    q_positions: torch.Tensor  # [Lq, 3]
-    spans: list[KVSpan] = field(default_factory=list)
 
 
 class CachePolicy(ABC):

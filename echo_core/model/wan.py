@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from echo_core.cache.base import AttentionInputs, CachePolicy, KVSpan
+from echo_core.model.attention_io import AttentionInputs, KVCache, KVSpan
 from echo_core.model.config import WanConfig
 from echo_core.model.rope import apply_rope, grid_positions, rope_cos_sin_cached
 
@@ -72,7 +72,7 @@ class WanHead(nn.Module):
 
 
 class CausalWanModel(nn.Module):
-    """Wan2.1 T2V DiT whose self-attention reads its context through a CachePolicy."""
+    """Wan2.1 T2V DiT whose self-attention reads its context through a KV cache policy."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -88,7 +88,7 @@ class CausalWanModel(nn.Module):
     def encode_text(self, context: torch.Tensor) -> "TextState":
         return encode_text(self, self.cfg, context)
 
-    def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, text: "TextState", cache: CachePolicy) -> torch.Tensor:
+    def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, text: "TextState", cache: KVCache) -> torch.Tensor:
         return causal_forward(self, self.cfg, x, t, text, cache)
 
     def forward_sequence(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
@@ -259,7 +259,7 @@ def _unpatchify(m: nn.Module, cfg: WanConfig, x: torch.Tensor, e: torch.Tensor,
 
 # --------------------------------------------------------------------------------------------- forwards
 def causal_forward(m: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tensor, text: TextState,
-                   cache: CachePolicy) -> torch.Tensor:
+                   cache: KVCache) -> torch.Tensor:
     """One chunk [B, C, f, H, W] at timestep(s) t; self-attention context comes from `cache` (which also stores
     this chunk's K/V). Returns the flow-matching velocity prediction, float32."""
     tokens, grid = _embed(m, cfg, x)

@@ -28,11 +28,6 @@ def video_frames_for(latent_frames: int) -> int:
     return TEMPORAL * (latent_frames - 1) + 1 if latent_frames > 0 else 0
 
 
-def keyframe_indices(latent_frames: int, start: int = 0) -> list[int]:
-    """Video frame stored by each latent frame start .. start+latent_frames-1 (0, 4, 8, ...)."""
-    return [TEMPORAL * i for i in range(start, start + latent_frames)]
-
-
 @dataclass
 class ToyCodec:
     """Fixed pixel-unshuffle + PCA projection. Tensors are float32 on CPU unless moved with `to`."""

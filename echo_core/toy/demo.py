@@ -43,18 +43,6 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     return p
 
 
-def _memory_policy(requested: str) -> str:
-    if requested != "echo":
-        return requested
-    try:
-        from echo_core.cache.echo.policy import EchoCache  # noqa: F401
-    except ImportError as e:
-        print(f"warning: Echo-Forcing memory is not available ({e}); falling back to the rolling window",
-              file=sys.stderr)
-        return "rolling"
-    return "echo"
-
-
 def _upscale(frames: torch.Tensor, scale: int) -> Any:
     """[n, 3, H, W] in [0, 1] -> uint8 numpy [n, H*scale, W*scale, 3] (nearest neighbour keeps edges crisp)."""
     x = frames.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3) if scale > 1 else frames
@@ -64,40 +52,40 @@ def _upscale(frames: torch.Tensor, scale: int) -> Any:
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     import imageio.v2 as imageio
 
-    from echo_core.cli import CliError
+    from echo_core.errors import EchoError, InputError
     from echo_core.session import MemorySpec
     from echo_core.toy.contact_sheet import ContactSheet
     from echo_core.toy.loader import load_toy_model
-    from echo_core.toy.run import RunSummary, stream_timeline, timeline_spec
+    from echo_core.toy.run import start_toy_run, timeline_spec
 
     if args.scale < 1 or args.scale > 16:
-        raise CliError(f"--scale must be between 1 and 16, got {args.scale}")
+        raise InputError("--scale", f"must be between 1 and 16, got {args.scale}")
     if args.out.suffix.lower() != ".mp4":
-        raise CliError(f"--out must end in .mp4, got {args.out.name!r}")
+        raise InputError("--out", f"must end in .mp4, got {args.out.name!r}")
     try:
         bundle = load_toy_model(args.weights)
     except (FileNotFoundError, ValueError) as e:
-        raise CliError(f"--weights: {e}") from None
+        raise InputError("--weights", str(e)) from None
     try:
         spec = timeline_spec(bundle, args.timeline)
-    except ValueError as e:
-        raise CliError(f"--timeline: {e}") from None
+    except EchoError as e:
+        raise e.relabel("--timeline") from None
     sampler = bundle.sampler_config
     if args.steps is not None:
         from dataclasses import replace
 
         if args.steps < 1:
-            raise CliError(f"--steps must be >= 1, got {args.steps}")
+            raise InputError("--steps", f"must be >= 1, got {args.steps}")
         sampler = replace(sampler, denoising_steps=tuple(1000.0 * (args.steps - i) / args.steps
                                                          for i in range(args.steps)))
-    policy = _memory_policy(args.memory)
+    policy = args.memory
     memory = MemorySpec(policy=policy)
-    timeline = spec.parse(bundle.frames_per_chunk)
+    run = start_toy_run(bundle, spec, policy=memory, seed=args.seed, sampler=sampler)
+    timeline = run.timeline
     sheet_path = args.sheet or args.out.with_suffix(".png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.stem + ".partial.mp4")
     sheet = ContactSheet(timeline, bundle.frames_per_chunk)
-    summary = RunSummary(plan=None)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     print(f"demo: {len(timeline.scenes)} scenes, {timeline.total_chunks} chunks, "
           f"{timeline.video_frames} frames at {bundle.fps} fps, {bundle.width}x{bundle.height} px, memory {policy}",
@@ -106,8 +94,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                                 macro_block_size=8, ffmpeg_log_level="error")
     try:
         with torch.inference_mode():
-            for chunk in stream_timeline(bundle, spec, memory=memory, seed=args.seed, sampler=sampler,
-                                         summary=summary):
+            for chunk in run:
                 for frame in _upscale(chunk.frames, args.scale):
                     writer.append_data(frame)
                 sheet.add(chunk.result.index, chunk.frames[-1])
@@ -115,11 +102,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"chunk {chunk.result.index + 1}/{timeline.total_chunks} scene {r['scene'] + 1} "
                       f"{r['wall_s']:.2f}s cache {r.get('cache_tokens', 0)} tokens", file=sys.stderr)
     finally:
+        run.close()
         writer.close()
     partial.replace(args.out)  # never leave a half-written video under the requested name
     sheet.save(sheet_path)
     wall = time.perf_counter() - t0
-    report = summary.memory(memory)
+    report = run.report()
     report["total_wall_s"] = round(wall, 2)
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=1))

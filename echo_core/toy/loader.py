@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from echo_core.model.wan import CausalWanModel
-from echo_core.sampler import SamplerConfig
 from echo_core.toy.codec import CHANNELS, PATCH, StreamDecoder, ToyCodec
+from echo_core.toy.sampling import ToySamplerConfig
 from echo_core.toy.text import ToyTextEncoder
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -25,7 +25,7 @@ LATENT_SPACE = "echo-toy"  # latents of ToyCodec (not decodable by the Wan VAE)
 # The project's Self-Forcing sampler (fresh noise between steps). The first step, at t = 1000, commits to the
 # scene's layout (a new scene reads its details from that step's noise, see data.py); the next steps start at
 # half noise, where that layout is plainly visible, and sharpen it.
-SAMPLER = SamplerConfig(denoising_steps=(1000.0, 500.0, 300.0, 150.0, 60.0), warp_denoising_step=False,
+SAMPLER = ToySamplerConfig(denoising_steps=(1000.0, 500.0, 300.0, 150.0, 60.0), warp_denoising_step=False,
                         shift=2.0, frames_per_chunk=3)
 
 
@@ -34,7 +34,7 @@ class ToyBundle:
     model: CausalWanModel
     codec: ToyCodec
     text_encoder: ToyTextEncoder
-    sampler_config: SamplerConfig
+    sampler_config: ToySamplerConfig
     height: int = 48
     width: int = 48
     fps: int = 16
@@ -49,10 +49,6 @@ class ToyBundle:
     @property
     def patch(self) -> tuple[int, int]:
         return tuple(self.model.cfg.patch_size[1:])  # type: ignore[return-value]
-
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """[1, text_len, text_dim] embedding of a toy-grammar prompt."""
-        return self.text_encoder.encode(prompt)[None]
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self.codec)
@@ -90,6 +86,6 @@ def load_toy_model(weights_dir: str | Path | None = None, *, device: str | torch
     sampler = SAMPLER
     if settings:
         raw = json.loads(settings)
-        sampler = SamplerConfig(**{**raw, "denoising_steps": tuple(raw["denoising_steps"])})
+        sampler = ToySamplerConfig(**{**raw, "denoising_steps": tuple(raw["denoising_steps"])})
     return ToyBundle(model.eval(), codec, text, sampler, height=int(height), width=int(width),
                      fps=int(meta.get("toy.fps", "16")))

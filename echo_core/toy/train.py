@@ -32,7 +32,6 @@ import torch
 from echo_core.model.config import get_preset
 from echo_core.model.loading import save_checkpoint
 from echo_core.model.wan import CausalWanModel, block_causal_mask
-from echo_core.sampler import SamplerConfig
 from echo_core.toy.codec import ToyCodec
 from echo_core.toy.data import (
     DETAILS,
@@ -45,6 +44,7 @@ from echo_core.toy.data import (
     shape_spec,
 )
 from echo_core.toy.loader import SAMPLER
+from echo_core.toy.sampling import ToySamplerConfig
 from echo_core.toy.seqforward import window_forward, window_mask
 from echo_core.toy.text import ToyTextEncoder
 
@@ -121,13 +121,13 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
     return torch.where(memory, torch.zeros_like(s), s)
 
 
-def sampler_for(cfg: TrainConfig) -> SamplerConfig:
+def sampler_for(cfg: TrainConfig) -> ToySamplerConfig:
     """The sampler the weights are made for, stored in their metadata (read by loader.load_toy_model)."""
     if cfg.details == "noise":  # fresh noise between steps; the first step (t = 1000) commits to the seeded layout
         return replace(SAMPLER, guidance=cfg.guidance, guidance_above=cfg.guidance_above)
     # Euler steps of the flow ODE: a mean-squared-error model samples multimodal layouts only along the ODE.
     # Below t = 400 fresh noise: it pulls an imperfect model's output back onto clean images (best of 0-600 tried).
-    return SamplerConfig(denoising_steps=tuple(1000.0 * (12 - i) / 12 for i in range(12)), shift=2.0,
+    return ToySamplerConfig(denoising_steps=tuple(1000.0 * (12 - i) / 12 for i in range(12)), shift=2.0,
                          renoise="ode", fresh_below=400.0, frames_per_chunk=3, guidance=cfg.guidance,
                          guidance_above=cfg.guidance_above)
 

@@ -1,0 +1,277 @@
+"""THE entry into a run: a policy (or policy factory) plus the run's inputs -> a stream of chunks and a report.
+
+Every caller comes in through `start_run`: the ComfyUI sampler node, the CLI, the toy demo and evaluation, the
+benchmarks and the tests. It builds the recall router (`build_router`) and the cache policy (`make_policy`), runs
+the sampler and keeps the per-chunk reports; all run state lives in the returned `Run` and is released when the
+stream ends, fails or is closed (an interrupt). It is also a library to check other implementations against: it
+takes an `EchoConfig` directly, an optional noise source (replay another implementation's draws), a per-step
+callback that receives each step's x0, and a total length for timelines whose scenes lack durations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import torch
+from torch import nn
+
+from echo_core.cache.base import CachePolicy
+from echo_core.config import EchoConfig, HierarchicalMemoryConfig, RoutingConfig
+from echo_core.errors import SpecError
+from echo_core.model.adapter import ModuleModel, wan_config_of
+from echo_core.routing import RecallRouter
+from echo_core.sampler import (
+    CausalModel,
+    ChunkResult,
+    NoiseSource,
+    SamplerConfig,
+    ScenePlan,
+    StepHook,
+    X0Hook,
+    generate,
+)
+from echo_core.timeline import Timeline, TransitionMode
+
+POLICY_NAMES = ("echo", "rolling", "full", "flush")
+ROLLING_SINK_FRAMES = 1  # Self-Forcing's rolling window as the official code configures it (sink_size 1, §2.7)
+ROLLING_WINDOW_FRAMES = 21
+
+# Features for similarity routing: one embedding per scene, or a function from prompts to embeddings.
+RoutingFeatures = Union[Sequence[torch.Tensor], Callable[[Sequence[str]], Sequence[torch.Tensor]], None]
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy factory may use to build the cache for one run."""
+
+    num_layers: int
+    timeline: Timeline
+    frames_per_chunk: int
+    routing_features: RoutingFeatures = None
+
+    def router(self, routing: RoutingConfig) -> RecallRouter | None:
+        return build_router(self.timeline, routing, self.routing_features)
+
+
+PolicyFactory = Callable[[PolicyContext], CachePolicy]
+PolicyLike = Union[str, EchoConfig, CachePolicy, PolicyFactory]
+
+
+@dataclass(frozen=True, eq=False)
+class RunInputs:
+    """Everything a run reads besides the model and the policy. `timeline` is already scheduled in chunks for
+    the model's frames per chunk (one parse and one schedule per run)."""
+
+    timeline: Timeline
+    contexts: tuple[torch.Tensor, ...]  # one text embedding per scene, [L, D] or [1, L, D]
+    latent_shape: tuple[int, int, int]  # (C, H, W) of one latent frame
+    seed: int = 0
+    sampler: SamplerConfig = SamplerConfig()
+    patch: tuple[int, int] = (2, 2)
+    routing_features: RoutingFeatures = None
+    start_latents: torch.Tensor | None = None  # [B, C, F0, H, W] written into the cache first
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        if len(self.contexts) != len(self.timeline.scenes):
+            raise SpecError("timeline", f"{len(self.contexts)} text embeddings for {len(self.timeline.scenes)} "
+                                        "scenes; encode every scene's prompt")
+        if self.sampler.frames_per_chunk != self.timeline.frames_per_chunk:
+            raise SpecError("frames_per_chunk", f"the sampler makes {self.sampler.frames_per_chunk} frames per chunk "
+                                                f"but the timeline was scheduled for {self.timeline.frames_per_chunk}")
+
+
+def build_router(timeline: Timeline, routing: RoutingConfig, features: RoutingFeatures = None
+                 ) -> RecallRouter | None:
+    """The recall router of a run (spec §7). Similarity routing needs `features`: the scenes' embeddings (pooled
+    per scene) or a function that encodes prompts (the official route re-encodes them without common words).
+    Returns None when similarity routing has no features and no transition recalls."""
+    recalls = any(t.mode is TransitionMode.RECALL for t in timeline.transitions)
+    if routing.method == "similarity" and features is None:
+        if recalls:
+            raise SpecError("routing", "similarity routing needs the prompts' embeddings (connect the text encoder "
+                                       "that made the timeline) or choose idf routing")
+        return None
+    if routing.method == "similarity" and not callable(features):
+        embeddings = [c[0] if c.ndim == 3 else c for c in features]  # type: ignore[union-attr]
+        if len(embeddings) != len(timeline.scenes):
+            if recalls:
+                raise SpecError("routing", f"{len(embeddings)} routing embeddings for {len(timeline.scenes)} scenes")
+            return None
+
+        def encode(texts: Sequence[str]) -> list[torch.Tensor]:  # this timeline's scenes, in order
+            return embeddings
+
+        features = encode
+    return RecallRouter.from_timeline(timeline, method=routing.method, encode=features, threshold=routing.threshold)
+
+
+def echo_config_for(frames_per_chunk: int, routing: RoutingConfig | None = None) -> EchoConfig:
+    """Official Echo-Forcing settings for a model with `frames_per_chunk` frames per chunk."""
+    memory = HierarchicalMemoryConfig.for_frames_per_chunk(frames_per_chunk)
+    return EchoConfig(memory=memory, routing=routing or RoutingConfig())
+
+
+def make_policy(policy: PolicyLike, ctx: PolicyContext) -> CachePolicy:
+    """A cache for one run: by name, from an EchoConfig, an instance as is, or from a factory."""
+    if isinstance(policy, CachePolicy):
+        return policy
+    if isinstance(policy, str):
+        if policy == "echo":
+            policy = echo_config_for(ctx.frames_per_chunk)
+        elif policy in ("rolling", "flush"):
+            from echo_core.cache.flush import FlushCache
+            from echo_core.cache.rolling import RollingCache
+
+            kind = RollingCache if policy == "rolling" else FlushCache
+            return kind(ctx.num_layers, window_frames=ROLLING_WINDOW_FRAMES, sink_frames=ROLLING_SINK_FRAMES)
+        elif policy == "full":
+            from echo_core.cache.rolling import full_cache
+
+            return full_cache(ctx.num_layers)
+        else:
+            raise SpecError("memory", f"unknown memory policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+    if isinstance(policy, EchoConfig):
+        from echo_core.cache.echo.policy import EchoCache
+
+        if policy.memory.frames_per_chunk != ctx.frames_per_chunk:
+            raise SpecError("memory.frames_per_chunk", f"the memory layout is for {policy.memory.frames_per_chunk} "
+                                                       f"frames per chunk, the model makes {ctx.frames_per_chunk}")
+        return EchoCache(ctx.num_layers, policy, router=ctx.router(policy.routing))
+    if callable(policy):
+        made = policy(ctx)
+        if not isinstance(made, CachePolicy):
+            raise TypeError(f"a policy factory must return a CachePolicy, got {type(made).__name__}")
+        return made
+    raise TypeError(f"policy must be a name, an EchoConfig, a CachePolicy or a factory, got {type(policy).__name__}")
+
+
+def policy_name(cache: CachePolicy) -> str:
+    """The report's name of a policy instance (a factory's or a caller's own cache)."""
+    names = {"EchoCache": "echo", "RollingCache": "rolling", "FlushCache": "flush"}
+    return names.get(type(cache).__name__, type(cache).__name__)
+
+
+def as_causal_model(model: Any) -> CausalModel:
+    """The sampler's model protocol over our CausalWanModel, any Wan-named module tree or an adapter as is."""
+    if hasattr(model, "forward_chunk") and hasattr(model, "encode_text"):
+        return model
+    if isinstance(model, nn.Module):
+        return ModuleModel(model, wan_config_of(model))
+    raise TypeError(f"model must be a causal Wan model or a Wan2.1 module tree, got {type(model).__name__}")
+
+
+def num_layers_of(model: Any) -> int:
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise TypeError(f"{type(model).__name__} has no WanConfig `cfg`; wrap it with as_causal_model")
+    return int(cfg.num_layers)
+
+
+class Run:
+    """One generation: iterate for each finished chunk (`ChunkResult`); `report()` summarises the run so far.
+    Closing (or finishing) the stream releases the cache; a Run is not restartable."""
+
+    def __init__(self, model: Any, policy: PolicyLike, inputs: RunInputs, *, noise: NoiseSource | None = None,
+                 on_step: StepHook | None = None, on_x0: X0Hook | None = None) -> None:
+        self.model = as_causal_model(model)
+        self.inputs = inputs
+        ctx = PolicyContext(num_layers_of(self.model), inputs.timeline, inputs.timeline.frames_per_chunk,
+                            inputs.routing_features)
+        self.cache = make_policy(policy, ctx)
+        self.policy = policy if isinstance(policy, str) else policy_name(self.cache)  # "echo" for an EchoConfig
+        self.reports: list[dict[str, Any]] = []
+        self._stream = self._generate(noise, on_step, on_x0)
+
+    def _generate(self, noise: NoiseSource | None, on_step: StepHook | None,
+                  on_x0: X0Hook | None) -> Iterator[ChunkResult]:
+        i = self.inputs
+        contexts = [c.to(i.device) for c in i.contexts]
+        try:
+            with torch.no_grad():
+                for result in generate(self.model, self.cache, contexts, ScenePlan.from_timeline(i.timeline),
+                                       latent_shape=i.latent_shape, seed=i.seed, config=i.sampler, patch=i.patch,
+                                       start_latents=i.start_latents, device=i.device, on_step=on_step,
+                                       on_x0=on_x0, noise=noise):
+                    self.reports.append(result.report)
+                    yield result
+        finally:
+            self.cache.release()
+
+    def __iter__(self) -> Iterator[ChunkResult]:
+        return self._stream
+
+    def __next__(self) -> ChunkResult:
+        return next(self._stream)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def report(self) -> dict[str, Any]:
+        return memory_report(self.reports, self.inputs.timeline, self.policy)
+
+    def collect(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Run to the end: latents [B, C, F, H, W] on the CPU (start latents included) and the report."""
+        start = self.inputs.start_latents
+        chunks = [] if start is None else [start.float().cpu()]
+        try:
+            chunks += [r.latents.cpu() for r in self]
+        finally:
+            self.close()
+        return torch.cat(chunks, dim=2), self.report()
+
+
+def start_run(model: Any, policy: PolicyLike, inputs: RunInputs, *, noise: NoiseSource | None = None,
+              on_step: StepHook | None = None, on_x0: X0Hook | None = None) -> Run:
+    """Open a run; nothing is generated until the returned Run is iterated."""
+    return Run(model, policy, inputs, noise=noise, on_step=on_step, on_x0=on_x0)
+
+
+# ----------------------------------------------------------------------------------------------- report
+def memory_report(reports: Sequence[dict[str, Any]], timeline: Timeline, policy: str) -> dict[str, Any]:
+    """JSON-able summary of a run: per scene (transition, recall source, RoPE jump), peaks and timing, plus the
+    per-chunk reports."""
+    peak = max((r.get("cache_bytes", 0) for r in reports), default=0)
+    wall = math.fsum(r.get("wall_s", 0.0) for r in reports)
+    scenes = []
+    for scene in timeline.scenes:
+        entry: dict[str, Any] = {"prompt": scene.prompt, "chunks": scene.num_chunks, "start_chunk": scene.start_chunk}
+        opening = next((r for r in reports if r.get("chunk") == scene.start_chunk), None)
+        switch = (opening or {}).get("transition")
+        if scene.index > 0:
+            t = timeline.transitions[scene.index - 1]
+            entry["transition"] = t.mode.value
+            if isinstance(switch, dict):
+                entry["memory"] = switch.get("memory")
+                entry["rope_jump"] = switch.get("rope_jump")
+                routing = switch.get("routing")
+                if isinstance(routing, dict) and routing.get("scene") is not None:
+                    entry["recall_source"] = int(routing["scene"]) + 1  # 1-based, as users number scenes
+        scenes.append(entry)
+    return {
+        "policy": policy,
+        "chunks": len(reports),
+        "frames_per_chunk": timeline.frames_per_chunk,
+        "latent_frames": len(reports) * timeline.frames_per_chunk,
+        "scenes": scenes,
+        "peak_cache_mb": round(peak / 2**20, 3),
+        "peak_cache_tokens": max((r.get("cache_tokens", 0) for r in reports), default=0),
+        "peak_pool_mb": round(max((r.get("pool_bytes", 0) for r in reports), default=0) / 2**20, 3),
+        "wall_s": round(wall, 3),
+        "s_per_chunk": round(wall / len(reports), 4) if reports else 0.0,
+        "chunk_reports": [_jsonable(r) for r in reports],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 64 else f"tensor{tuple(value.shape)}"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
