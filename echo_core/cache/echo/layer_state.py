@@ -18,8 +18,6 @@ from echo_core.cache.echo.memory import Move
 class LayerState:
     k: torch.Tensor  # [B, H, W*S, D] window keys (raw)
     v: torch.Tensor
-    w: torch.Tensor  # [W*S] float32 per-token weights
-    rates: torch.Tensor  # [W*S] float32 per-token decay rates (1 outside the decayed span)
     ring_k: torch.Tensor | None = None  # [B, H, W*S, D] history ring
     ring_v: torch.Tensor | None = None
     ring_counts: torch.Tensor | None = None  # [W*S] times each ring token was selected
@@ -35,7 +33,7 @@ class LayerState:
     k_pos: tuple[int, torch.Tensor] | None = None  # (chunk index, key positions) with origin-position option
 
     def tensors(self) -> list[torch.Tensor]:
-        out = [t for t in (self.k, self.v, self.w, self.rates, self.ring_k, self.ring_v, self.ring_counts,
+        out = [t for t in (self.k, self.v, self.ring_k, self.ring_v, self.ring_counts,
                            self.src_k, self.src_v, self.calib_q, self.calib_abs, self.scene_q) if t is not None]
         for kv in list(self.cands.values()) + ([self.select] if self.select else []):
             out.extend(kv)
@@ -48,8 +46,7 @@ def allocate_layer(like: torch.Tensor, s: int, window: int, *, ring: bool, sourc
     b, h, _, d = like.shape
     new = like.new_zeros
     f32 = dict(dtype=torch.float32, device=like.device)
-    st = LayerState(k=new((b, h, window * s, d)), v=new((b, h, window * s, d)), w=torch.ones(window * s, **f32),
-                    rates=torch.ones(window * s, **f32))
+    st = LayerState(k=new((b, h, window * s, d)), v=new((b, h, window * s, d)))
     if ring:
         st.ring_k, st.ring_v = new((b, h, window * s, d)), new((b, h, window * s, d))
         st.ring_counts = torch.zeros(window * s, dtype=torch.int32, device=like.device)
@@ -68,13 +65,9 @@ def apply_moves(st: LayerState, moves: list[Move], s: int) -> None:
         if mv.from_source:
             st.k[:, :, dst] = st.src_k[:, :, src]  # type: ignore[index]
             st.v[:, :, dst] = st.src_v[:, :, src]  # type: ignore[index]
-            st.w[dst] = 1.0
-            st.rates[dst] = 1.0
         else:  # moves go leftwards in ascending order, so each source is read before it is overwritten
             st.k[:, :, dst] = st.k[:, :, src]
             st.v[:, :, dst] = st.v[:, :, src]
-            st.w[dst] = st.w[src]
-            st.rates[dst] = st.rates[src]
 
 
 def reset_for_scene(st: LayerState, keep_frames: int, s: int, source_frames: int) -> None:
@@ -88,16 +81,12 @@ def reset_for_scene(st: LayerState, keep_frames: int, s: int, source_frames: int
             t.zero_()
     st.cands.clear()
     st.comp_frames = st.comp_spatial = None
-    st.w.fill_(1.0)
-    st.rates.fill_(1.0)
 
 
 def drop_head_frames(st: LayerState, drop: int, frames: int, s: int, source_drop: int) -> None:
     """Remove `drop` frames at the window head (and `source_drop` at the anchor-source head); weights reset."""
     st.k[:, :, :(frames - drop) * s] = st.k[:, :, drop * s:frames * s].clone()
     st.v[:, :, :(frames - drop) * s] = st.v[:, :, drop * s:frames * s].clone()
-    st.w.fill_(1.0)
-    st.rates.fill_(1.0)
     if st.src_k is not None and source_drop:
         n = st.src_k.shape[2] - source_drop * s
         st.src_k[:, :, :n] = st.src_k[:, :, source_drop * s:].clone()

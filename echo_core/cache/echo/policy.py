@@ -38,7 +38,7 @@ import torch
 
 from echo_core.cache.base import AttentionInputs, CachePolicy, ChunkInfo, KVSpan
 from echo_core.cache.echo import compression as comp
-from echo_core.cache.echo.decay import DecayPlan, diff_rates, tile_rates
+from echo_core.cache.echo.decay import DecayState
 from echo_core.cache.echo.layer_state import LayerState, allocate_layer, apply_moves, drop_head_frames, reset_for_scene
 from echo_core.cache.echo.memory import (
     ANCHOR,
@@ -53,7 +53,7 @@ from echo_core.cache.echo.memory import (
     temporal_positions,
 )
 from echo_core.cache.echo.recall import ScenePool, fuse_recall_frame
-from echo_core.cache.echo.transitions import SwitchPlan, mode_name, plan_switch
+from echo_core.cache.echo.transitions import mode_name, plan_switch
 from echo_core.config import EchoConfig
 
 
@@ -84,8 +84,7 @@ class EchoCache(CachePolicy):
         self._local_timing = False  # official: False until the first switch
         self._rope_mode = self.mem.rope_position_mode
         self._pending_jump = 0
-        self._decay: DecayPlan | None = None
-        self._decay_live = False
+        self.decay = DecayState(num_layers)
         self._rolled_in_scene = False
         self._switch_report: dict[str, Any] | None = None
         self._chunk_state: dict[str, Any] = {}
@@ -114,6 +113,7 @@ class EchoCache(CachePolicy):
                           pc_start=pc_start, source=self._source_meta)
         for st in self._live_layers():
             apply_moves(st, plan.moves, chunk.tokens_per_frame)
+        self.decay.apply_moves(plan.moves, chunk.tokens_per_frame)
         self.slots = plan.slots
         self._rolled_in_scene |= plan.rolled
         s = chunk.tokens_per_frame
@@ -182,6 +182,7 @@ class EchoCache(CachePolicy):
                 st.k[:, :, :s], st.v[:, :, :s] = st.select  # type: ignore[misc]
             # "slot0": the memory already sits in slot 0
             reset_for_scene(st, r + o, s, self._source_cap)
+        self.decay.reset()
         old_slots = self.slots
         label = plan.memory_label
         self.slots = ([SlotInfo(OLD_MEMORY, None, None, label)] if r else []) + \
@@ -201,23 +202,11 @@ class EchoCache(CachePolicy):
         self._rolled_in_scene = False
         self._scene = chunk.scene_index
         self._scene_finished = False
-        self._setup_decay(plan, s)
+        self.decay.start(plan.decay, s)
         if mode != "smooth":  # a cut or recall starts a new smooth chain (§6.2)
             self.pool.reset_smooth_anchors()
         self._switch_report = dict(mode=mode, implicit=transition is None, memory=label, old_recent_frames=o,
                                    rope_jump=plan.jump, routing=plan.routing)
-
-    def _setup_decay(self, plan: SwitchPlan, s: int) -> None:
-        self._decay = None if plan.decay is None or plan.decay.empty else plan.decay
-        self._decay_live = False
-        if self._decay is None:
-            return
-        a, b = self._decay.span
-        for st in self._live_layers():
-            st.w[a * s:b * s] = self._decay.first_weight
-            if self._decay.strategy == "fixed":
-                st.rates[a * s:b * s] = self._decay.fixed_rate
-        self._decay_live = True
 
     # ------------------------------------------------------------------------------------------ attention
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionInputs:
@@ -230,22 +219,22 @@ class EchoCache(CachePolicy):
         st = self._layers[layer] or self._allocate(layer, k)
         if layer in cs["compress"]:
             cs["compress"].discard(layer)
-            self._compress(st, q, s)
+            self._compress(layer, st, q, s)
         a = cs["plan"].current_start * s
         st.k[:, :, a:a + c * s] = k
         st.v[:, :, a:a + c * s] = v
         if call.commit:
             cs["committed"] = True
-            self._commit(st, q, k, v, s)
+            self._commit(layer, st, q, k, v, s)
         n = len(self.slots) * s
         q_pos, k_pos = self._positions(st, k.device)
-        weights = st.w[:n] if self._decay_live else None
-        return AttentionInputs(q_pos, [KVSpan(st.k[:, :, :n], st.v[:, :, :n], k_pos, weights)])
+        return AttentionInputs(q_pos, [KVSpan(st.k[:, :, :n], st.v[:, :, :n], k_pos, self.decay.weights(layer, n))])
 
     def _allocate(self, layer: int, like: torch.Tensor) -> LayerState:
         st = allocate_layer(like, self._chunk_state["s"], self.mem.window_frames,
                             ring=self.mem.compressed_frames > 0, source_frames=self._source_cap,
                             recall_stats=self.config.needs_recall_frames)
+        self.decay.allocate(layer, self.mem.window_frames * self._chunk_state["s"], like.device)
         self._layers[layer] = st
         return st
 
@@ -270,7 +259,7 @@ class EchoCache(CachePolicy):
             k_pos = st.k_pos[1]
         return q_pos, k_pos
 
-    def _compress(self, st: LayerState, q: torch.Tensor, s: int) -> None:
+    def _compress(self, layer: int, st: LayerState, q: torch.Tensor, s: int) -> None:
         """Re-select the compressed region from the history ring (§2.6c-d), on the chunk's first call."""
         m, w = self.mem, self.mem.window_frames
         cs = self._chunk_state
@@ -300,14 +289,13 @@ class EchoCache(CachePolicy):
         a, k = m.anchor_frames * s, idx.numel()
         st.k[:, :, a:a + k] = st.ring_k.index_select(2, idx)  # type: ignore[union-attr]
         st.v[:, :, a:a + k] = st.ring_v.index_select(2, idx)  # type: ignore[union-attr]
-        st.w[a:a + k] = 1.0
-        st.rates[a:a + k] = 1.0
+        self.decay.reset_rows(layer, a, a + k)
         st.ring_counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))  # type: ignore[union-attr]
         st.comp_frames[:k] = frames[idx // s]  # type: ignore[index]
         st.comp_spatial[:k] = idx % s  # type: ignore[index]
         st.k_pos = None
 
-    def _commit(self, st: LayerState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int) -> None:
+    def _commit(self, layer: int, st: LayerState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int) -> None:
         """Bookkeeping of a clean (commit) pass: history, calibration, anchor source, recall statistics."""
         cs, chunk = self._chunk_state, self._require_chunk()
         if st.ring_k is not None:
@@ -328,15 +316,8 @@ class EchoCache(CachePolicy):
                 if cs["local"] + j in cs["sampled"]:
                     st.cands[cs["local"] + j] = (k[:, :, j * s:(j + 1) * s].clone(), v[:, :, j * s:(j + 1) * s].clone())
         if cs["first_of_scene"]:
-            d = self._decay
-            if d is not None and d.rates_pending:
-                if d.target == "old_recent" and st.select is not None:
-                    ref = st.select[0]
-                else:
-                    ref = st.k[:, :, :s]
-                rates = diff_rates(k[:, :, :s], ref, d.min_rate, d.max_rate)
-                a, b = d.span
-                st.rates[a * s:b * s] = tile_rates(rates, b - a)
+            self.decay.capture_rates(layer, k[:, :, :s], None if st.select is None else st.select[0],
+                                     st.k[:, :, :s], s)
             st.select = (k[:, :, :s].clone(), v[:, :, :s].clone())
 
     # ------------------------------------------------------------------------------------------ chunk end
@@ -357,18 +338,13 @@ class EchoCache(CachePolicy):
                 self._source_meta[p] = SlotInfo(ANCHOR, chunk.start_frame + j, cs["local"] + j)
             self._scene_q_count += batch * c * s
             if cs["first_of_scene"]:
-                if self._decay is not None:
-                    self._decay.rates_pending = False
+                self.decay.rates_captured()
                 self._register_select()
             if chunk.is_scene_end:
                 self._finish_scene()
         report = self._report(chunk)
-        if self._decay is not None:
-            for st in self._live_layers():
-                st.w.mul_(st.rates)
-            self._decay.blocks_left -= 1
-            if self._decay.blocks_left <= 0:
-                report["evicted_frames"] = self._evict(s)
+        if self.decay.step():
+            report["evicted_frames"] = self._evict(s)
         return report
 
     def _register_select(self) -> None:
@@ -401,7 +377,7 @@ class EchoCache(CachePolicy):
 
     def _evict(self, s: int) -> int:
         """Drop the old memory at the window head (§5.4) unless rolling already pushed it into the anchors."""
-        self._decay = None
+        self.decay.stop()
         drop = 0
         while drop < len(self.slots) and self.slots[drop].region == OLD_MEMORY:
             drop += 1
@@ -414,10 +390,10 @@ class EchoCache(CachePolicy):
             src_drop += 1
         for st in self._live_layers():
             drop_head_frames(st, drop, n, s, src_drop)
+        self.decay.reset()
         self.slots = self.slots[drop:]
         self._source_meta = self._source_meta[src_drop:] + [None] * src_drop
         self._offset = max(0, self._offset - drop)
-        self._decay_live = False
         return drop
 
     # ------------------------------------------------------------------------------------------ reporting
@@ -441,19 +417,7 @@ class EchoCache(CachePolicy):
         st0 = self._layers[0]
         if st0 is not None and st0.comp_frames is not None and self._rolled_in_scene:
             report["compressed_source_frames"] = [f for f in torch.unique(st0.comp_frames).tolist() if f >= 0]
-        mem_tokens = sum(1 for i in self.slots if i.region == OLD_MEMORY) * s
-        live = self._live_layers()
-        if mem_tokens and live:
-            w = torch.stack([st.w[:mem_tokens] for st in live])
-            report["memory_weights"] = dict(zip(("mean", "min", "max"),
-                                                torch.stack((w.mean(), w.min(), w.max())).tolist()))
-        if self._decay is not None and live:
-            a, b = self._decay.span
-            r = torch.stack([st.rates[a * s:b * s] for st in live])
-            report["decay"] = dict(target=self._decay.target, strategy=self._decay.strategy,
-                                   blocks_left=self._decay.blocks_left,
-                                   **dict(zip(("rate_min", "rate_mean", "rate_max"),
-                                              torch.stack((r.min(), r.mean(), r.max())).tolist())))
+        report.update(self.decay.report(sum(1 for i in self.slots if i.region == OLD_MEMORY) * s, s))
         if self._switch_report is not None:
             report["transition"] = self._switch_report
         return report
@@ -465,10 +429,13 @@ class EchoCache(CachePolicy):
         return len(self.slots) * self._grid[0] * self._grid[1]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for st in self._live_layers() for t in st.tensors())
+        tensors = [t for st in self._live_layers() for t in st.tensors()]
+        tensors += [t for lw in self.decay.allocated() for t in lw.tensors()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def release(self) -> None:
         self._layers = [None] * self.num_layers
+        self.decay.release()
         self.pool.entries.clear()
         self.pool.reset_smooth_anchors()
         self.slots = []
