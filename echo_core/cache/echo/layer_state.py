@@ -7,7 +7,7 @@ sum and recall candidates, and its first frame. The layout itself is shared by a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -25,23 +25,17 @@ class LayerState:
     src_v: torch.Tensor | None = None
     calib_q: torch.Tensor | None = None  # Σ q [H, D]
     calib_abs: torch.Tensor | None = None  # Σ |q̃| [H, D/2]
-    scene_q: torch.Tensor | None = None  # Σ q over the scene, for recall scoring
-    cands: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # scene frame -> (k, v)
-    select: tuple[torch.Tensor, torch.Tensor] | None = None  # the scene's first frame
     comp_frames: torch.Tensor | None = None  # [M*S] origin frame of each compressed token (-1 unknown)
     comp_spatial: torch.Tensor | None = None  # [M*S] origin in-frame index
     k_pos: tuple[int, torch.Tensor] | None = None  # (chunk index, key positions) with origin-position option
 
     def tensors(self) -> list[torch.Tensor]:
         out = [t for t in (self.k, self.v, self.ring_k, self.ring_v, self.ring_counts,
-                           self.src_k, self.src_v, self.calib_q, self.calib_abs, self.scene_q) if t is not None]
-        for kv in list(self.cands.values()) + ([self.select] if self.select else []):
-            out.extend(kv)
+                           self.src_k, self.src_v, self.calib_q, self.calib_abs) if t is not None]
         return out
 
 
-def allocate_layer(like: torch.Tensor, s: int, window: int, *, ring: bool, source_frames: int,
-                   recall_stats: bool) -> LayerState:
+def allocate_layer(like: torch.Tensor, s: int, window: int, *, ring: bool, source_frames: int) -> LayerState:
     """Buffers for one layer, shaped after this call's k [B, H, L, D] (dtype and device included)."""
     b, h, _, d = like.shape
     new = like.new_zeros
@@ -53,8 +47,6 @@ def allocate_layer(like: torch.Tensor, s: int, window: int, *, ring: bool, sourc
         st.calib_q, st.calib_abs = torch.zeros(h, d, **f32), torch.zeros(h, d // 2, **f32)
     if source_frames > 0:
         st.src_k, st.src_v = new((b, h, source_frames * s, d)), new((b, h, source_frames * s, d))
-    if recall_stats:
-        st.scene_q = torch.zeros(h, d, **f32)
     return st
 
 
@@ -76,10 +68,9 @@ def reset_for_scene(st: LayerState, keep_frames: int, s: int, source_frames: int
         p = min(keep_frames, source_frames)
         st.src_k[:, :, :p * s] = st.k[:, :, :p * s]
         st.src_v[:, :, :p * s] = st.v[:, :, :p * s]  # type: ignore[index]
-    for t in (st.calib_q, st.calib_abs, st.scene_q):
+    for t in (st.calib_q, st.calib_abs):
         if t is not None:
             t.zero_()
-    st.cands.clear()
     st.comp_frames = st.comp_spatial = None
 
 

@@ -52,7 +52,7 @@ from echo_core.cache.echo.memory import (
     slot_positions,
     temporal_positions,
 )
-from echo_core.cache.echo.recall import ScenePool, fuse_recall_frame
+from echo_core.cache.echo.recall import ScenePool, SceneRecorder
 from echo_core.cache.echo.transitions import mode_name, plan_switch
 from echo_core.config import EchoConfig
 
@@ -67,6 +67,7 @@ class EchoCache(CachePolicy):
         self.mem = self.config.memory
         self.router = router
         self.pool = ScenePool(self.config.recall_frames.pool_max_size, pool_device)
+        self.scenes = SceneRecorder(num_layers, self.config, self.pool)
         self._layers: list[LayerState | None] = [None] * num_layers
         self._grid: tuple[int, int] | None = None
         self.slots: list[SlotInfo] = []
@@ -77,9 +78,6 @@ class EchoCache(CachePolicy):
         self._source_meta: list[SlotInfo | None] = [None] * self._source_cap
         self._calib_count = 0
         self._calib_ready = False
-        self._scene_q_count = 0
-        self._scene: int | None = None
-        self._scene_finished = False
         self._offset = 0  # old-memory frames at the window head (scene timing offset, §3.2)
         self._local_timing = False  # official: False until the first switch
         self._rope_mode = self.mem.rope_position_mode
@@ -98,12 +96,12 @@ class EchoCache(CachePolicy):
                              f"({self.mem.frames_per_chunk}) frames per chunk (memory.frames_per_chunk)")
         if self._grid is None:
             self._grid = tuple(chunk.grid)  # type: ignore[assignment]
-            self._scene = chunk.scene_index
+            self.scenes.scene = chunk.scene_index
         elif tuple(chunk.grid) != self._grid:
             raise ValueError(f"chunk grid changed from {self._grid} to {tuple(chunk.grid)} within one run; "
                              "use a new EchoCache per resolution")
         self._switch_report = None
-        if chunk.scene_index != self._scene or (chunk.transition is not None and chunk.index > 0):
+        if chunk.scene_index != self.scenes.scene or (chunk.transition is not None and chunk.index > 0):
             self._switch(chunk)
         super().begin_chunk(chunk)
         local = chunk.start_frame - chunk.scene_start_frame
@@ -137,8 +135,7 @@ class EchoCache(CachePolicy):
             first_of_scene=local == 0, positions={}, committed=False,
             ring_slots=[(self._ring_next + j) % w for j in range(c)],
             mirror=[(j, pc_start + j) for j in range(c) if 0 <= pc_start + j < self._source_cap],
-            calib=pc_start + c <= w, calib_ready_after=pc_start + c >= w, evicted=0,
-            sampled=set(self.config.recall_frames.sampled_frames()) if self.config.needs_recall_frames else set())
+            calib=pc_start + c <= w, calib_ready_after=pc_start + c >= w, evicted=0)
 
     def _source_capacity(self) -> int:
         """Anchor-source frames kept. Like the official `k_original` it is indexed by the clock (old memory
@@ -158,14 +155,13 @@ class EchoCache(CachePolicy):
     # ------------------------------------------------------------------------------------------ switching
     def _switch(self, chunk: ChunkInfo) -> None:
         """Rebuild the window for the scene `chunk` opens (§6.3)."""
-        if not self._scene_finished:
-            self._finish_scene()  # the sampler did not flag the previous chunk as the scene's end
+        if not self.scenes.finished:
+            self.scenes.finish()  # the sampler did not flag the previous chunk as the scene's end
         transition = chunk.transition
         mode = mode_name(transition.mode) if transition is not None else "smooth"
         manual = getattr(transition, "recall_source", None)
-        st0 = self._layers[0]
         plan = plan_switch(mode, self.config, self.pool, dest_scene=chunk.scene_index,
-                           cache_frames=len(self.slots), has_select=st0 is not None and st0.select is not None,
+                           cache_frames=len(self.slots), has_select=self.scenes.first_frame(0) is not None,
                            router=self.router, manual=manual)
         s = chunk.tokens_per_frame
         n, r, o = len(self.slots), plan.memory_frames, plan.old_recent
@@ -179,10 +175,11 @@ class EchoCache(CachePolicy):
                 st.k[:, :, :s] = mk.to(st.k.device, st.k.dtype, non_blocking=True)
                 st.v[:, :, :s] = mv.to(st.v.device, st.v.dtype, non_blocking=True)
             elif plan.memory_from == "current_select":
-                st.k[:, :, :s], st.v[:, :, :s] = st.select  # type: ignore[misc]
+                st.k[:, :, :s], st.v[:, :, :s] = self.scenes.first_frame(i)  # type: ignore[misc]
             # "slot0": the memory already sits in slot 0
             reset_for_scene(st, r + o, s, self._source_cap)
         self.decay.reset()
+        self.scenes.start(chunk.scene_index)
         old_slots = self.slots
         label = plan.memory_label
         self.slots = ([SlotInfo(OLD_MEMORY, None, None, label)] if r else []) + \
@@ -194,14 +191,12 @@ class EchoCache(CachePolicy):
             self._source_meta[p] = info
         self._ring_frames = [None] * self.mem.window_frames
         self._ring_next = 0
-        self._calib_count, self._calib_ready, self._scene_q_count = 0, False, 0
+        self._calib_count, self._calib_ready = 0, False
         self._offset = r + o
         self._local_timing = plan.scene_local_timing
         self._rope_mode = plan.rope_position_mode
         self._pending_jump = plan.jump
         self._rolled_in_scene = False
-        self._scene = chunk.scene_index
-        self._scene_finished = False
         self.decay.start(plan.decay, s)
         if mode != "smooth":  # a cut or recall starts a new smooth chain (§6.2)
             self.pool.reset_smooth_anchors()
@@ -232,8 +227,8 @@ class EchoCache(CachePolicy):
 
     def _allocate(self, layer: int, like: torch.Tensor) -> LayerState:
         st = allocate_layer(like, self._chunk_state["s"], self.mem.window_frames,
-                            ring=self.mem.compressed_frames > 0, source_frames=self._source_cap,
-                            recall_stats=self.config.needs_recall_frames)
+                            ring=self.mem.compressed_frames > 0, source_frames=self._source_cap)
+        self.scenes.allocate(layer, like)
         self.decay.allocate(layer, self.mem.window_frames * self._chunk_state["s"], like.device)
         self._layers[layer] = st
         return st
@@ -297,7 +292,7 @@ class EchoCache(CachePolicy):
 
     def _commit(self, layer: int, st: LayerState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int) -> None:
         """Bookkeeping of a clean (commit) pass: history, calibration, anchor source, recall statistics."""
-        cs, chunk = self._chunk_state, self._require_chunk()
+        cs = self._chunk_state
         if st.ring_k is not None:
             for j, slot in enumerate(cs["ring_slots"]):
                 st.ring_k[:, :, slot * s:(slot + 1) * s] = k[:, :, j * s:(j + 1) * s]
@@ -310,15 +305,10 @@ class EchoCache(CachePolicy):
         for j, p in cs["mirror"]:
             st.src_k[:, :, p * s:(p + 1) * s] = k[:, :, j * s:(j + 1) * s]  # type: ignore[index]
             st.src_v[:, :, p * s:(p + 1) * s] = v[:, :, j * s:(j + 1) * s]  # type: ignore[index]
-        if st.scene_q is not None:
-            st.scene_q += q.float().sum(dim=(0, 2))
-            for j in range(chunk.num_frames):
-                if cs["local"] + j in cs["sampled"]:
-                    st.cands[cs["local"] + j] = (k[:, :, j * s:(j + 1) * s].clone(), v[:, :, j * s:(j + 1) * s].clone())
         if cs["first_of_scene"]:
-            self.decay.capture_rates(layer, k[:, :, :s], None if st.select is None else st.select[0],
-                                     st.k[:, :, :s], s)
-            st.select = (k[:, :, :s].clone(), v[:, :, :s].clone())
+            previous = self.scenes.first_frame(layer)
+            self.decay.capture_rates(layer, k[:, :, :s], None if previous is None else previous[0], st.k[:, :, :s], s)
+        self.scenes.record(layer, cs["local"], q, k, v, s, first=cs["first_of_scene"])
 
     # ------------------------------------------------------------------------------------------ chunk end
     def end_chunk(self) -> dict[str, Any]:
@@ -336,44 +326,13 @@ class EchoCache(CachePolicy):
                 self._calib_ready = True
             for j, p in cs["mirror"]:
                 self._source_meta[p] = SlotInfo(ANCHOR, chunk.start_frame + j, cs["local"] + j)
-            self._scene_q_count += batch * c * s
             if cs["first_of_scene"]:
                 self.decay.rates_captured()
-                self._register_select()
-            if chunk.is_scene_end:
-                self._finish_scene()
+            self.scenes.end_chunk(batch * c * s, first=cs["first_of_scene"], scene_end=chunk.is_scene_end)
         report = self._report(chunk)
         if self.decay.step():
             report["evicted_frames"] = self._evict(s)
         return report
-
-    def _register_select(self) -> None:
-        if not self.config.needs_select_frames or self._scene is None:
-            return
-        layers = [st.select for st in self._live_layers() if st.select is not None]
-        stored = self.pool.add(self._scene, "select", layers)  # type: ignore[arg-type]
-        if self.pool.select_anchor is None:
-            self.pool.select_anchor, self.pool.select_anchor_scene = stored, self._scene
-
-    def _finish_scene(self) -> None:
-        """Build the ending scene's recall frame per layer and pool it (§4.2)."""
-        self._scene_finished = True
-        if not self.config.needs_recall_frames or self._scene_q_count == 0 or self._scene is None:
-            return
-        rf = self.config.recall_frames
-        layers = []
-        for st in self._live_layers():
-            frames = [f for f in sorted(st.cands)]
-            if not frames:
-                return
-            keys = torch.stack([st.cands[f][0] for f in frames], dim=2)
-            values = torch.stack([st.cands[f][1] for f in frames], dim=2)
-            k, v = fuse_recall_frame(keys, values, st.scene_q / self._scene_q_count,  # type: ignore[operator]
-                                     mode=rf.mode, base_weight=rf.base_frame_weight)
-            layers.append((k.to(st.k.dtype), v.to(st.v.dtype)))
-        stored = self.pool.add(self._scene, "compress", layers)
-        if self.pool.compress_anchor is None:
-            self.pool.compress_anchor, self.pool.compress_anchor_scene = stored, self._scene
 
     def _evict(self, s: int) -> int:
         """Drop the old memory at the window head (§5.4) unless rolling already pushed it into the anchors."""
@@ -403,7 +362,7 @@ class EchoCache(CachePolicy):
         c = chunk.num_frames
         start = cs["plan"].current_start
         report: dict[str, Any] = {
-            "chunk": chunk.index, "scene": self._scene, "policy": "echo",
+            "chunk": chunk.index, "scene": self.scenes.scene, "policy": "echo",
             "layout": [slot_label(i) for i in self.slots],
             "tokens": region_tokens(self.slots, s),
             "cache_frames": len(self.slots), "cache_tokens": len(self.slots) * s,
@@ -431,11 +390,13 @@ class EchoCache(CachePolicy):
     def nbytes(self) -> int:
         tensors = [t for st in self._live_layers() for t in st.tensors()]
         tensors += [t for lw in self.decay.allocated() for t in lw.tensors()]
+        tensors += [t for sl in self.scenes.allocated() for t in sl.tensors()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def release(self) -> None:
         self._layers = [None] * self.num_layers
         self.decay.release()
+        self.scenes.release()
         self.pool.entries.clear()
         self.pool.reset_smooth_anchors()
         self.slots = []
