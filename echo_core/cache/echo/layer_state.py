@@ -18,33 +18,19 @@ from echo_core.cache.echo.memory import Move
 class LayerState:
     k: torch.Tensor  # [B, H, W*S, D] window keys (raw)
     v: torch.Tensor
-    ring_k: torch.Tensor | None = None  # [B, H, W*S, D] history ring
-    ring_v: torch.Tensor | None = None
-    ring_counts: torch.Tensor | None = None  # [W*S] times each ring token was selected
     src_k: torch.Tensor | None = None  # [B, H, cap*S, D] anchor source, indexed by clock frame
     src_v: torch.Tensor | None = None
-    calib_q: torch.Tensor | None = None  # Σ q [H, D]
-    calib_abs: torch.Tensor | None = None  # Σ |q̃| [H, D/2]
-    comp_frames: torch.Tensor | None = None  # [M*S] origin frame of each compressed token (-1 unknown)
-    comp_spatial: torch.Tensor | None = None  # [M*S] origin in-frame index
-    k_pos: tuple[int, torch.Tensor] | None = None  # (chunk index, key positions) with origin-position option
 
     def tensors(self) -> list[torch.Tensor]:
-        out = [t for t in (self.k, self.v, self.ring_k, self.ring_v, self.ring_counts,
-                           self.src_k, self.src_v, self.calib_q, self.calib_abs) if t is not None]
+        out = [t for t in (self.k, self.v, self.src_k, self.src_v) if t is not None]
         return out
 
 
-def allocate_layer(like: torch.Tensor, s: int, window: int, *, ring: bool, source_frames: int) -> LayerState:
+def allocate_layer(like: torch.Tensor, s: int, window: int, *, source_frames: int) -> LayerState:
     """Buffers for one layer, shaped after this call's k [B, H, L, D] (dtype and device included)."""
     b, h, _, d = like.shape
     new = like.new_zeros
-    f32 = dict(dtype=torch.float32, device=like.device)
     st = LayerState(k=new((b, h, window * s, d)), v=new((b, h, window * s, d)))
-    if ring:
-        st.ring_k, st.ring_v = new((b, h, window * s, d)), new((b, h, window * s, d))
-        st.ring_counts = torch.zeros(window * s, dtype=torch.int32, device=like.device)
-        st.calib_q, st.calib_abs = torch.zeros(h, d, **f32), torch.zeros(h, d // 2, **f32)
     if source_frames > 0:
         st.src_k, st.src_v = new((b, h, source_frames * s, d)), new((b, h, source_frames * s, d))
     return st
@@ -68,10 +54,6 @@ def reset_for_scene(st: LayerState, keep_frames: int, s: int, source_frames: int
         p = min(keep_frames, source_frames)
         st.src_k[:, :, :p * s] = st.k[:, :, :p * s]
         st.src_v[:, :, :p * s] = st.v[:, :, :p * s]  # type: ignore[index]
-    for t in (st.calib_q, st.calib_abs):
-        if t is not None:
-            t.zero_()
-    st.comp_frames = st.comp_spatial = None
 
 
 def drop_head_frames(st: LayerState, drop: int, frames: int, s: int, source_drop: int) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from echo_core.cache.base import AttentionInputs, CachePolicy, ChunkInfo, KVSpan
-from echo_core.cache.echo import compression as comp
+from echo_core.cache.echo.compression import HistoryRing, origin_positions
 from echo_core.cache.echo.decay import DecayState
 from echo_core.cache.echo.layer_state import LayerState, allocate_layer, apply_moves, drop_head_frames, reset_for_scene
 from echo_core.cache.echo.memory import (
@@ -71,13 +71,9 @@ class EchoCache(CachePolicy):
         self._layers: list[LayerState | None] = [None] * num_layers
         self._grid: tuple[int, int] | None = None
         self.slots: list[SlotInfo] = []
-        w = self.mem.window_frames
-        self._ring_frames: list[int | None] = [None] * w
-        self._ring_next = 0
+        self.ring = HistoryRing(num_layers, self.mem)
         self._source_cap = self._source_capacity()
         self._source_meta: list[SlotInfo | None] = [None] * self._source_cap
-        self._calib_count = 0
-        self._calib_ready = False
         self._offset = 0  # old-memory frames at the window head (scene timing offset, §3.2)
         self._local_timing = False  # official: False until the first switch
         self._rope_mode = self.mem.rope_position_mode
@@ -86,7 +82,6 @@ class EchoCache(CachePolicy):
         self._rolled_in_scene = False
         self._switch_report: dict[str, Any] | None = None
         self._chunk_state: dict[str, Any] = {}
-        self._omega: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------------ planning
     def begin_chunk(self, chunk: ChunkInfo) -> None:
@@ -115,27 +110,19 @@ class EchoCache(CachePolicy):
         self.slots = plan.slots
         self._rolled_in_scene |= plan.rolled
         s = chunk.tokens_per_frame
-        ready = self._calib_ready and any(f is not None for f in self._ring_frames)
-        pending = set(range(self.num_layers)) if plan.compress and ready else set()
+        pending = set(range(self.num_layers)) if plan.compress and self.ring.ready else set()
         a, m = self.mem.anchor_frames, self.mem.compressed_frames
         if pending:
             self.slots[a:a + m] = [SlotInfo(COMPRESSED)] * m
         if plan.compress:
-            for st in self._live_layers():
-                if st.comp_frames is None:  # region holds whole stale frames until a first selection
-                    region = plan.slots[a:a + m]
-                    st.comp_frames = torch.tensor([-1 if i.frame is None else i.frame for i in region],
-                                                  device=st.k.device).repeat_interleave(s)
-                    st.comp_spatial = torch.arange(len(region) * s, device=st.k.device) % s
+            self.ring.seed_origins(self.slots[a:a + m], s)
         jump, self._pending_jump = self._pending_jump, 0
         times = temporal_positions(len(self.slots), self.mem.window_frames, self._rope_mode, jump, c)
-        w = self.mem.window_frames
         self._chunk_state = dict(
             plan=plan, s=s, pc_start=pc_start, local=local, jump=jump, times=times, compress=pending,
-            first_of_scene=local == 0, positions={}, committed=False,
-            ring_slots=[(self._ring_next + j) % w for j in range(c)],
-            mirror=[(j, pc_start + j) for j in range(c) if 0 <= pc_start + j < self._source_cap],
-            calib=pc_start + c <= w, calib_ready_after=pc_start + c >= w, evicted=0)
+            first_of_scene=local == 0, positions={}, origin_positions={}, committed=False,
+            ring=self.ring.plan(pc_start, c),
+            mirror=[(j, pc_start + j) for j in range(c) if 0 <= pc_start + j < self._source_cap])
 
     def _source_capacity(self) -> int:
         """Anchor-source frames kept. Like the official `k_original` it is indexed by the clock (old memory
@@ -178,6 +165,7 @@ class EchoCache(CachePolicy):
                 st.k[:, :, :s], st.v[:, :, :s] = self.scenes.first_frame(i)  # type: ignore[misc]
             # "slot0": the memory already sits in slot 0
             reset_for_scene(st, r + o, s, self._source_cap)
+        self.ring.reset()
         self.decay.reset()
         self.scenes.start(chunk.scene_index)
         old_slots = self.slots
@@ -189,9 +177,6 @@ class EchoCache(CachePolicy):
         self._source_meta = [None] * self._source_cap
         for p, info in enumerate(self.slots[:self._source_cap]):
             self._source_meta[p] = info
-        self._ring_frames = [None] * self.mem.window_frames
-        self._ring_next = 0
-        self._calib_count, self._calib_ready = 0, False
         self._offset = r + o
         self._local_timing = plan.scene_local_timing
         self._rope_mode = plan.rope_position_mode
@@ -214,7 +199,10 @@ class EchoCache(CachePolicy):
         st = self._layers[layer] or self._allocate(layer, k)
         if layer in cs["compress"]:
             cs["compress"].discard(layer)
-            self._compress(layer, st, q, s)
+            keys, values = self.ring.select(layer, q, s)
+            a, n = self.mem.anchor_frames * s, keys.shape[2]
+            st.k[:, :, a:a + n], st.v[:, :, a:a + n] = keys, values
+            self.decay.reset_rows(layer, a, a + n)
         a = cs["plan"].current_start * s
         st.k[:, :, a:a + c * s] = k
         st.v[:, :, a:a + c * s] = v
@@ -222,18 +210,19 @@ class EchoCache(CachePolicy):
             cs["committed"] = True
             self._commit(layer, st, q, k, v, s)
         n = len(self.slots) * s
-        q_pos, k_pos = self._positions(st, k.device)
+        q_pos, k_pos = self._positions(layer, k.device)
         return AttentionInputs(q_pos, [KVSpan(st.k[:, :, :n], st.v[:, :, :n], k_pos, self.decay.weights(layer, n))])
 
     def _allocate(self, layer: int, like: torch.Tensor) -> LayerState:
         st = allocate_layer(like, self._chunk_state["s"], self.mem.window_frames,
-                            ring=self.mem.compressed_frames > 0, source_frames=self._source_cap)
+                            source_frames=self._source_cap)
+        self.ring.allocate(layer, like, self._chunk_state["s"])
         self.scenes.allocate(layer, like)
         self.decay.allocate(layer, self.mem.window_frames * self._chunk_state["s"], like.device)
         self._layers[layer] = st
         return st
 
-    def _positions(self, st: LayerState, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _positions(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         cs = self._chunk_state
         key = str(device)
         if key not in cs["positions"]:
@@ -242,66 +231,19 @@ class EchoCache(CachePolicy):
             start, c = cs["plan"].current_start * cs["s"], self._require_chunk().num_frames
             cs["positions"][key] = (k_pos[start:start + c * cs["s"]], k_pos)
         q_pos, k_pos = cs["positions"][key]
-        if self.mem.compressed_keep_origin_positions and st.comp_spatial is not None and self._rolled_in_scene:
-            index = self._require_chunk().index
-            if st.k_pos is None or st.k_pos[0] != index:
+        spatial = self.ring.origin_spatial(layer)
+        if self.mem.compressed_keep_origin_positions and spatial is not None and self._rolled_in_scene:
+            if layer not in cs["origin_positions"]:
                 cols = self._grid[1]  # type: ignore[index]
-                a = self.mem.anchor_frames * cs["s"]
-                own = k_pos.clone()
-                own[a:a + st.comp_spatial.numel(), 1] = st.comp_spatial // cols
-                own[a:a + st.comp_spatial.numel(), 2] = st.comp_spatial % cols
-                st.k_pos = (index, own)
-            k_pos = st.k_pos[1]
+                cs["origin_positions"][layer] = origin_positions(k_pos, self.mem.anchor_frames * cs["s"], spatial,
+                                                                 cols)
+            k_pos = cs["origin_positions"][layer]
         return q_pos, k_pos
-
-    def _compress(self, layer: int, st: LayerState, q: torch.Tensor, s: int) -> None:
-        """Re-select the compressed region from the history ring (§2.6c-d), on the chunk's first call."""
-        m, w = self.mem, self.mem.window_frames
-        cs = self._chunk_state
-        if "ring_meta" not in cs or cs["ring_meta"][0] != q.device:
-            valid = [f for f in self._ring_frames if f is not None]
-            last = max(valid)
-            frames = torch.tensor([-1 if f is None else f for f in self._ring_frames], device=q.device)
-            excluded = torch.tensor([f is None or f > last - m.recent_frames for f in self._ring_frames],
-                                    device=q.device)
-            spatial = torch.arange(s, device=q.device)
-            order = (frames[:, None] * s + spatial[None]).flatten()
-            dist = (last + 1 - frames).double()
-            cs["ring_meta"] = (q.device, frames, excluded.repeat_interleave(s), order, dist, len(valid))
-        _, frames, excluded, order, dist, n_valid = cs["ring_meta"]
-        if self._omega is None or self._omega.device != q.device:
-            self._omega = comp.temporal_frequencies(q.shape[-1], m.rope_theta, q.device)
-        q_mean = st.calib_q / self._calib_count  # type: ignore[operator]
-        q_abs = st.calib_abs / self._calib_count  # type: ignore[operator]
-        gate = comp.drift_gate(q_mean, q, m.drift_gate_lambda) if (m.use_drift_gate and
-                                                                   m.use_amplitude_compensation) else None
-        b, h, _, d = st.ring_k.shape  # type: ignore[union-attr]
-        scores = comp.phase_scores(st.ring_k.view(b, h, w, s, d), dist, q_mean, q_abs,  # type: ignore[union-attr]
-                                   offsets=m.offsets, omega=self._omega, gate=gate,
-                                   amplitude_compensation=m.use_amplitude_compensation, fusion=m.fusion)
-        idx = comp.select_tokens(scores.flatten(), excluded, st.ring_counts, order,  # type: ignore[arg-type]
-                                 min(m.compressed_frames * s, n_valid * s), m.topc_max_reuse)
-        a, k = m.anchor_frames * s, idx.numel()
-        st.k[:, :, a:a + k] = st.ring_k.index_select(2, idx)  # type: ignore[union-attr]
-        st.v[:, :, a:a + k] = st.ring_v.index_select(2, idx)  # type: ignore[union-attr]
-        self.decay.reset_rows(layer, a, a + k)
-        st.ring_counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))  # type: ignore[union-attr]
-        st.comp_frames[:k] = frames[idx // s]  # type: ignore[index]
-        st.comp_spatial[:k] = idx % s  # type: ignore[index]
-        st.k_pos = None
 
     def _commit(self, layer: int, st: LayerState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int) -> None:
         """Bookkeeping of a clean (commit) pass: history, calibration, anchor source, recall statistics."""
         cs = self._chunk_state
-        if st.ring_k is not None:
-            for j, slot in enumerate(cs["ring_slots"]):
-                st.ring_k[:, :, slot * s:(slot + 1) * s] = k[:, :, j * s:(j + 1) * s]
-                st.ring_v[:, :, slot * s:(slot + 1) * s] = v[:, :, j * s:(j + 1) * s]  # type: ignore[index]
-                st.ring_counts[slot * s:(slot + 1) * s] = 0  # type: ignore[index]
-            if cs["calib"]:
-                qs, qa = comp.query_sums(q)
-                st.calib_q += qs  # type: ignore[operator]
-                st.calib_abs += qa  # type: ignore[operator]
+        self.ring.record(layer, cs["ring"], q, k, v, s)
         for j, p in cs["mirror"]:
             st.src_k[:, :, p * s:(p + 1) * s] = k[:, :, j * s:(j + 1) * s]  # type: ignore[index]
             st.src_v[:, :, p * s:(p + 1) * s] = v[:, :, j * s:(j + 1) * s]  # type: ignore[index]
@@ -316,14 +258,8 @@ class EchoCache(CachePolicy):
         cs = self._chunk_state
         s, c = cs["s"], chunk.num_frames
         if cs["committed"]:
-            for j, slot in enumerate(cs["ring_slots"]):
-                self._ring_frames[slot] = chunk.start_frame + j
-            self._ring_next = (self._ring_next + c) % self.mem.window_frames
             batch = self._live_layers()[0].k.shape[0]
-            if cs["calib"]:
-                self._calib_count += batch * c * s
-            if cs["calib_ready_after"] and self._calib_count > 0:
-                self._calib_ready = True
+            self.ring.commit(cs["ring"], chunk.start_frame, batch * c * s)
             for j, p in cs["mirror"]:
                 self._source_meta[p] = SlotInfo(ANCHOR, chunk.start_frame + j, cs["local"] + j)
             if cs["first_of_scene"]:
@@ -371,11 +307,9 @@ class EchoCache(CachePolicy):
             "rope_jump": cs["jump"], "clock_frame": cs["pc_start"],
             "anchor_source_frames": [i.scene_frame for i in self.slots if i.region == ANCHOR],
             "pool_size": len(self.pool), "pool_bytes": self.pool.nbytes(),
-            "calibrated": self._calib_ready,
+            "calibrated": self.ring.calibrated,
         }
-        st0 = self._layers[0]
-        if st0 is not None and st0.comp_frames is not None and self._rolled_in_scene:
-            report["compressed_source_frames"] = [f for f in torch.unique(st0.comp_frames).tolist() if f >= 0]
+        report.update(self.ring.report(self._rolled_in_scene))
         report.update(self.decay.report(sum(1 for i in self.slots if i.region == OLD_MEMORY) * s, s))
         if self._switch_report is not None:
             report["transition"] = self._switch_report
@@ -389,12 +323,14 @@ class EchoCache(CachePolicy):
 
     def nbytes(self) -> int:
         tensors = [t for st in self._live_layers() for t in st.tensors()]
+        tensors += [t for rl in self.ring.allocated() for t in rl.tensors()]
         tensors += [t for lw in self.decay.allocated() for t in lw.tensors()]
         tensors += [t for sl in self.scenes.allocated() for t in sl.tensors()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def release(self) -> None:
         self._layers = [None] * self.num_layers
+        self.ring.release()
         self.decay.release()
         self.scenes.release()
         self.pool.entries.clear()
