@@ -168,10 +168,10 @@ class HistoryRing:
             return
         b, h, _, d = like.shape
         n = self.cfg.window_frames * s
-        f32 = dict(dtype=torch.float32, device=like.device)
         self.layers[layer] = RingLayer(like.new_zeros((b, h, n, d)), like.new_zeros((b, h, n, d)),
                                        torch.zeros(n, dtype=torch.int32, device=like.device),
-                                       torch.zeros(h, d, **f32), torch.zeros(h, d // 2, **f32))
+                                       torch.zeros(h, d, dtype=torch.float32, device=like.device),
+                                       torch.zeros(h, d // 2, dtype=torch.float32, device=like.device))
 
     def allocated(self) -> list[RingLayer]:
         return [rl for rl in self.layers if rl is not None]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from echo_core.cache.echo.memory import Move
+from echo_core.cache.echo.window import Move
 from echo_core.config import TransitionConfig
 
 
@@ -98,14 +98,16 @@ class DecayState:
     """The decay running since the last switch (§5.3) and the per-layer weights it fades; it also says when the
     old memory is due for eviction (§5.4). Weights move with their K/V when the layout moves frames."""
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, window_frames: int):
+        self.window_frames = window_frames
         self.layers: list[LayerWeights | None] = [None] * num_layers
         self.plan: DecayPlan | None = None
         self.applied = False  # weights are handed to attention (from a switch with decay until an eviction)
 
-    def allocate(self, layer: int, tokens: int, device: torch.device) -> None:
-        self.layers[layer] = LayerWeights(torch.ones(tokens, dtype=torch.float32, device=device),
-                                          torch.ones(tokens, dtype=torch.float32, device=device))
+    def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
+        n = self.window_frames * s
+        self.layers[layer] = LayerWeights(torch.ones(n, dtype=torch.float32, device=like.device),
+                                          torch.ones(n, dtype=torch.float32, device=like.device))
 
     def allocated(self) -> list[LayerWeights]:
         return [lw for lw in self.layers if lw is not None]
@@ -141,9 +143,10 @@ class DecayState:
         self.applied = False
 
     def start(self, plan: DecayPlan | None, s: int) -> None:
-        """Set up the decay a switch planned: first weights on its span, fixed rates now, diff rates later."""
+        """A switch: weights start over, then the decay it planned: first weights on its span, fixed rates now,
+        diff rates after the new scene's first commit pass."""
+        self.reset()
         self.plan = None if plan is None or plan.empty else plan
-        self.applied = False
         if self.plan is None:
             return
         a, b = self.plan.span
@@ -153,14 +156,14 @@ class DecayState:
                 lw.rates[a * s:b * s] = self.plan.fixed_rate
         self.applied = True
 
-    def capture_rates(self, layer: int, first: torch.Tensor, previous_first: torch.Tensor | None,
+    def capture_rates(self, layer: int, first: torch.Tensor, previous_first: tuple[torch.Tensor, torch.Tensor] | None,
                       window_head: torch.Tensor, s: int) -> None:
         """Diff rates from the new scene's first frame keys [B, H, S, D] (commit pass of its first chunk). The
         reference is the old scene's first frame for target old_recent (when captured), else window slot 0."""
         d, lw = self.plan, self.layers[layer]
         if d is None or not d.rates_pending or lw is None:
             return
-        ref = previous_first if d.target == "old_recent" and previous_first is not None else window_head
+        ref = previous_first[0] if d.target == "old_recent" and previous_first is not None else window_head
         rates = diff_rates(first, ref, d.min_rate, d.max_rate)
         a, b = d.span
         lw.rates[a * s:b * s] = tile_rates(rates, b - a)

@@ -153,7 +153,7 @@ class SceneRecorder:
         self.finished = False
         self.q_count = 0  # queries summed into every layer's q_sum
 
-    def allocate(self, layer: int, like: torch.Tensor) -> None:
+    def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
         q_sum = torch.zeros(like.shape[1], like.shape[3], dtype=torch.float32, device=like.device) \
             if self.recall else None
         self.layers[layer] = SceneLayer(like.dtype, q_sum)
@@ -164,6 +164,9 @@ class SceneRecorder:
     def first_frame(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         sl = self.layers[layer]
         return None if sl is None else sl.first
+
+    def first_frames(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        return [self.first_frame(i) for i in range(len(self.layers))]
 
     def record(self, layer: int, local: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int,
                first: bool) -> None:
