@@ -14,7 +14,6 @@ from echo_core.cache.echo.memory import slot_positions
 class ChunkPlan:
     """Built in begin_chunk, after any switch and the layout's frame moves."""
 
-    index: int
     frames: int  # c, frames in the chunk
     grid: tuple[int, int]  # token rows and columns per frame
     local: int  # scene-local index of the chunk's first frame

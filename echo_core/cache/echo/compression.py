@@ -10,6 +10,9 @@ with ω_j the temporal RoPE frequencies (0 on spatial pairs), Δ_n = a_last + 1 
 offsets and heads. Because Re(w · conj(k̃)) = w_re k_re + w_im k_im, the first sum is a dot product of the raw
 key with a per-frame weight vector: scoring is one small matmul per history frame instead of a cosine per
 (token, head, pair, offset).
+
+`HistoryRing` holds the state: the scene's last W committed frames per layer (the candidates), the query sums
+of the calibration window, and where each selected token came from.
 """
 
 from __future__ import annotations
@@ -123,6 +126,10 @@ def origin_positions(k_pos: torch.Tensor, start: int, spatial: torch.Tensor, col
     return own
 
 
+# per-token ring frame, excluded flag, history order; per-frame distance Δ; number of filled ring slots
+Selection = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
+
+
 @dataclass
 class RingLayer:
     """One layer's history ring and query calibration, and where its compressed tokens came from."""
@@ -161,7 +168,7 @@ class HistoryRing:
         self.calib_count = 0  # queries summed into every layer's q_sum
         self.calibrated = False
         self._omega: torch.Tensor | None = None
-        self._selection: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]] = {}
+        self._selection: dict[str, Selection] = {}  # device -> selection inputs, until the ring changes
 
     def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
         if self.cfg.compressed_frames == 0:
@@ -222,7 +229,7 @@ class HistoryRing:
         rl.origin_spatial[:idx.numel()] = idx % s
         return rl.k.index_select(2, idx), rl.v.index_select(2, idx)
 
-    def _selection_inputs(self, device: torch.device, s: int):
+    def _selection_inputs(self, device: torch.device, s: int) -> Selection:
         """Per-token ring frame, exclusion (recent frames, empty slots), history order and per-frame distance;
         the same for every layer until the ring changes."""
         key = str(device)

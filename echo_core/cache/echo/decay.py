@@ -4,6 +4,7 @@ The memory inserted at a switch is multiplied into attention through per-token w
 both scaled, §2.8). Each chunk end multiplies the weights by per-token rates; after `clear_after_blocks` chunks
 the old memory is dropped from the window. With the `diff` strategy a location's rate falls with how much the
 new scene's first frame differs from the memory at that location (keys compared per spatial token).
+`DecayState` holds the running decay and the per-layer weights and rates.
 """
 
 from __future__ import annotations

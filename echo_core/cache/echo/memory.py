@@ -1,8 +1,9 @@
 """Hierarchical temporal memory (spec §2.3-§2.5, §3.2-§3.3): which frame sits in which slot, and where in RoPE time.
 
 The window is a fixed array of frame-sized slots, identical for every layer (only the contents differ), so the
-layout is planned once per chunk here, as plain Python, and the policy replays the resulting frame moves on
-each layer's tensors. Steady state (official sizes):
+layout is planned once per chunk here, as plain Python (`plan_chunk`, kept by `Layout` with the scene's clock),
+and the resulting frame moves are replayed on each layer's tensors (window.py, decay.py). Steady state
+(official sizes):
 
     slots 0-11 anchors (ping-pong replay of the scene's first 12 frames) | 12-14 compressed history tokens |
     15-17 recent (previous chunk)                                        | 18-20 current chunk
@@ -10,6 +11,7 @@ each layer's tensors. Steady state (official sizes):
 Filling phase: chunks are appended. When the next chunk no longer fits, the chunk "rolls": anchors shift left by
 one chunk and the next ping-pong chunk is re-inserted from the anchor source, the newest frames become the
 recent region, the chunk takes the last slots, and the compressed region is re-selected (compression.py).
+Re-inserted anchors come from the `AnchorSource`, a per-layer copy of the scene's first clock frames.
 """
 
 from __future__ import annotations

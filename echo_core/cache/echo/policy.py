@@ -98,7 +98,7 @@ class EchoCache(CachePolicy):
         if placed.compress:
             self.ring.seed_origins(self.layout.compressed_region(), s)
         jump, times = self.layout.times(c)
-        self._plan = ChunkPlan(index=chunk.index, frames=c, grid=(rows, cols),
+        self._plan = ChunkPlan(frames=c, grid=(rows, cols),
                                local=chunk.start_frame - chunk.scene_start_frame, clock=placed.clock,
                                start=placed.current_start, jump=jump, times=tuple(times), compress=compress,
                                ring=self.ring.plan(placed.clock, c), mirror=self.source.mirror(placed.clock, c))

@@ -5,6 +5,7 @@ location p: its frames 0, 4, 8 (official sampling) are scored per location again
 fused (`score_weighted`: 90 % first frame + 10 % softmax blend; `token_select`: best frame per location).
 The pool keeps, per scene, that recall frame ("compress") and/or the scene's first frame ("select"), bounded to
 the newest `pool_max_size` scenes. Entries are stored in the model's dtype on `device` (official: float32 on CPU).
+`SceneRecorder` collects, while a scene runs, what its recall frame is fused from and its first frame.
 """
 
 from __future__ import annotations
