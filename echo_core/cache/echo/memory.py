@@ -1,8 +1,9 @@
 """Hierarchical temporal memory (spec §2.3-§2.5, §3.2-§3.3): which frame sits in which slot, and where in RoPE time.
 
 The window is a fixed array of frame-sized slots, identical for every layer (only the contents differ), so the
-layout is planned once per chunk here, as plain Python, and the policy replays the resulting frame moves on
-each layer's tensors. Steady state (official sizes):
+layout is planned once per chunk here, as plain Python (`plan_chunk`, kept by `Layout` with the scene's clock),
+and the resulting frame moves are replayed on each layer's tensors (window.py, decay.py). Steady state
+(official sizes):
 
     slots 0-11 anchors (ping-pong replay of the scene's first 12 frames) | 12-14 compressed history tokens |
     15-17 recent (previous chunk)                                        | 18-20 current chunk
@@ -10,15 +11,19 @@ each layer's tensors. Steady state (official sizes):
 Filling phase: chunks are appended. When the next chunk no longer fits, the chunk "rolls": anchors shift left by
 one chunk and the next ping-pong chunk is re-inserted from the anchor source, the newest frames become the
 recent region, the chunk takes the last slots, and the compressed region is re-selected (compression.py).
+Re-inserted anchors come from the `AnchorSource`, a per-layer copy of the scene's first clock frames.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import torch
 
-from echo_core.config import HierarchicalMemoryConfig
+from echo_core.cache.base import ChunkInfo
+from echo_core.cache.echo.window import FramesKV, Move, frames_like
+from echo_core.config import EchoConfig, HierarchicalMemoryConfig
 
 ANCHOR, COMPRESSED, RECENT, CURRENT, OLD_MEMORY = "anchor", "compressed", "recent", "current", "old_memory"
 REGIONS = (ANCHOR, COMPRESSED, RECENT, CURRENT, OLD_MEMORY)
@@ -35,19 +40,11 @@ class SlotInfo:
     label: str = ""
 
 
-@dataclass(frozen=True)
-class Move:
-    """Copy one frame into slot `dst`: from cache slot `src` (from_source False) or anchor-source frame `src`."""
-
-    dst: int
-    src: int
-    from_source: bool = False
-
-
 @dataclass
-class ChunkPlan:
+class SlotPlan:
     slots: list[SlotInfo]  # layout after the chunk's frames are placed
     current_start: int  # first slot of the chunk
+    clock: int  # policy clock of the chunk's first frame (pc_start)
     rolled: bool
     moves: list[Move] = field(default_factory=list)  # applied in order, before the chunk is written
     inserted_anchor_frames: list[int] = field(default_factory=list)  # anchor-source indices re-inserted
@@ -71,7 +68,7 @@ def anchor_insert_frames(pc_start: int, count: int, window: int, period: int) ->
 
 
 def plan_chunk(slots: list[SlotInfo], cfg: HierarchicalMemoryConfig, *, frames: list[int], scene_frames: list[int],
-               pc_start: int, source: list[SlotInfo | None]) -> ChunkPlan:
+               pc_start: int, source: list[SlotInfo | None]) -> SlotPlan:
     """Place a chunk of `frames` (absolute) into the window whose current layout is `slots`.
 
     `pc_start` is the policy clock (scene-local start plus old-memory offset, §3.2); `source` describes the
@@ -80,7 +77,7 @@ def plan_chunk(slots: list[SlotInfo], cfg: HierarchicalMemoryConfig, *, frames: 
     settled = [replace(s, region=RECENT) if s.region == CURRENT else s for s in slots]
     chunk = [SlotInfo(CURRENT, f, sf) for f, sf in zip(frames, scene_frames)]
     if n + c <= w:  # filling phase: append
-        return ChunkPlan(settled + chunk, n, rolled=False)
+        return SlotPlan(settled + chunk, n, pc_start, rolled=False)
     if c != cfg.frames_per_chunk:
         raise ValueError(f"a chunk of {c} frames arrived at a full window; this memory layout is built for "
                          f"frames_per_chunk={cfg.frames_per_chunk} (set memory.frames_per_chunk to the model's "
@@ -113,7 +110,7 @@ def plan_chunk(slots: list[SlotInfo], cfg: HierarchicalMemoryConfig, *, frames: 
         new[a + m + j] = _as(settled[n - r + j], RECENT)
     # 5. the chunk takes the last slots
     new[w - c:] = chunk
-    return ChunkPlan(new, w - c, rolled=True, moves=moves, inserted_anchor_frames=inserted, compress=m > 0)
+    return SlotPlan(new, w - c, pc_start, rolled=True, moves=moves, inserted_anchor_frames=inserted, compress=m > 0)
 
 
 def _as(info: SlotInfo, region: str) -> SlotInfo:
@@ -162,3 +159,153 @@ def region_times(slots: list[SlotInfo], times: list[int]) -> dict[str, list[int]
     for info, t in zip(slots, times):
         out.setdefault(info.region, []).append(t)
     return out
+
+
+def switch_slots(old: list[SlotInfo], memory_frames: int, old_recent: int, label: str,
+                 memory_in_slot0: bool) -> list[SlotInfo]:
+    """The layout a switch leaves (§6.3): [memory | old recent]; memory already in slot 0 keeps its frame."""
+    n = len(old)
+    slots = ([SlotInfo(OLD_MEMORY, None, None, label)] if memory_frames else []) + \
+        [SlotInfo(OLD_MEMORY, x.frame, x.scene_frame, "old_recent") for x in old[n - old_recent:n]]
+    if memory_in_slot0 and old:
+        slots[0] = SlotInfo(OLD_MEMORY, old[0].frame, old[0].scene_frame, label)
+    return slots
+
+
+def _leading(slots: Sequence[SlotInfo | None], region: str) -> int:
+    n = 0
+    while n < len(slots) and (info := slots[n]) is not None and info.region == region:
+        n += 1
+    return n
+
+
+class Layout:
+    """The window's slot layout and the running scene's clock, the same for every layer (§2.3, §3.2)."""
+
+    def __init__(self, cfg: HierarchicalMemoryConfig):
+        self.cfg = cfg
+        self.slots: list[SlotInfo] = []
+        self.offset = 0  # old-memory frames at the window head (scene timing offset, §3.2)
+        self.local_timing = False  # official: False until the first switch
+        self.rope_mode = cfg.rope_position_mode
+        self.pending_jump = 0  # RoPE jump (§3.3) of the scene's first chunk
+        self.rolled_in_scene = False
+
+    def place(self, chunk: ChunkInfo, source: list[SlotInfo | None]) -> SlotPlan:
+        """Place the chunk at its policy clock: scene-local plus the old-memory offset, or absolute (§3.2)."""
+        local = chunk.start_frame - chunk.scene_start_frame
+        clock = local + self.offset if self.local_timing else chunk.start_frame
+        plan = plan_chunk(self.slots, self.cfg, frames=list(range(chunk.start_frame, chunk.end_frame)),
+                          scene_frames=[local + j for j in range(chunk.num_frames)], pc_start=clock, source=source)
+        self.slots = plan.slots
+        self.rolled_in_scene |= plan.rolled
+        return plan
+
+    def mark_compressed(self) -> None:
+        """The compressed region now holds selected tokens, not frames."""
+        a, m = self.cfg.anchor_frames, self.cfg.compressed_frames
+        self.slots[a:a + m] = [SlotInfo(COMPRESSED)] * m
+
+    def compressed_region(self) -> list[SlotInfo]:
+        a, m = self.cfg.anchor_frames, self.cfg.compressed_frames
+        return self.slots[a:a + m]
+
+    def times(self, chunk_frames: int) -> tuple[int, list[int]]:
+        """The chunk's RoPE jump (used up here) and the RoPE time of every slot."""
+        jump, self.pending_jump = self.pending_jump, 0
+        return jump, temporal_positions(len(self.slots), self.cfg.window_frames, self.rope_mode, jump, chunk_frames)
+
+    def restart(self, slots: list[SlotInfo], offset: int, local_timing: bool, rope_mode: str, jump: int) -> None:
+        """A switch: the new scene starts after `offset` old-memory frames."""
+        self.slots = slots
+        self.offset = offset
+        self.local_timing = local_timing
+        self.rope_mode = rope_mode
+        self.pending_jump = jump
+        self.rolled_in_scene = False
+
+    def old_memory_frames(self) -> int:
+        return sum(1 for i in self.slots if i.region == OLD_MEMORY)
+
+    def old_memory_head(self) -> int:
+        """Old-memory frames at the window head (what an eviction drops)."""
+        return _leading(self.slots, OLD_MEMORY)
+
+    def drop_head(self, drop: int) -> None:
+        self.slots = self.slots[drop:]
+        self.offset = max(0, self.offset - drop)
+
+
+def source_capacity(config: EchoConfig) -> int:
+    """Anchor-source frames kept. Like the official `k_original` it is indexed by the clock (old memory first)
+    and shifted when the old memory is evicted, so it must also hold the frames that slide into [0, P) at that
+    moment: P plus the largest old memory a switch can insert."""
+    mem = config.memory
+    if mem.anchor_frames == 0:
+        return 0
+    extra = 0
+    for name in ("smooth", "hardcut", "recall"):
+        tc = config.mode(name)
+        extra = max(extra, int(tc.use_old_memory) + (tc.old_recent_frames if tc.use_old_recent else 0))
+    return min(mem.window_frames, mem.anchor_period + extra)
+
+
+class AnchorSource:
+    """The scene's first clock frames, per layer, from which rolled chunks re-insert their ping-pong anchors
+    (§2.5); `meta[p]` says what clock frame p is, for the layout's labels."""
+
+    def __init__(self, num_layers: int, config: EchoConfig):
+        self.capacity = source_capacity(config)
+        self.meta: list[SlotInfo | None] = [None] * self.capacity
+        self.layers: list[FramesKV | None] = [None] * num_layers
+
+    def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
+        if self.capacity > 0:
+            self.layers[layer] = frames_like(like, self.capacity, s)
+
+    def allocated(self) -> list[FramesKV]:
+        return [kv for kv in self.layers if kv is not None]
+
+    def mirror(self, clock: int, frames: int) -> tuple[tuple[int, int], ...]:
+        """(chunk frame, source frame) pairs a chunk starting at clock frame `clock` fills."""
+        return tuple((j, clock + j) for j in range(frames) if 0 <= clock + j < self.capacity)
+
+    def record(self, layer: int, mirror: tuple[tuple[int, int], ...], k: torch.Tensor, v: torch.Tensor,
+               s: int) -> None:
+        """Commit pass: copy the chunk's frames [B, H, c*S, D] that fall inside the source."""
+        src = self.layers[layer]
+        if src is None:
+            return
+        for j, p in mirror:
+            src.k[:, :, p * s:(p + 1) * s] = k[:, :, j * s:(j + 1) * s]
+            src.v[:, :, p * s:(p + 1) * s] = v[:, :, j * s:(j + 1) * s]
+
+    def commit(self, mirror: tuple[tuple[int, int], ...], start_frame: int, local: int) -> None:
+        for j, p in mirror:
+            self.meta[p] = SlotInfo(ANCHOR, start_frame + j, local + j)
+
+    def restart(self, slots: list[SlotInfo], window: list[FramesKV | None], keep: int, s: int) -> None:
+        """A switch: the `keep` frames left at the window head (`slots`) become the new source's first frames."""
+        self.meta = [None] * self.capacity
+        for p, info in enumerate(slots[:self.capacity]):
+            self.meta[p] = info
+        p = min(keep, self.capacity)
+        for src, win in zip(self.layers, window):
+            if src is not None and win is not None:
+                src.k[:, :, :p * s] = win.k[:, :, :p * s]
+                src.v[:, :, :p * s] = win.v[:, :, :p * s]
+
+    def old_memory_head(self) -> int:
+        return _leading(self.meta, OLD_MEMORY)
+
+    def drop_head(self, drop: int, s: int) -> None:
+        """An eviction: the old memory leaves the head of the source too."""
+        for src in self.allocated():
+            if drop:
+                n = src.k.shape[2] - drop * s
+                src.k[:, :, :n] = src.k[:, :, drop * s:].clone()
+                src.v[:, :, :n] = src.v[:, :, drop * s:].clone()
+        self.meta = self.meta[drop:] + [None] * drop
+
+    def release(self) -> None:
+        self.layers = [None] * len(self.layers)

@@ -1,18 +1,9 @@
 """EchoCache: the Echo-Forcing KV-cache policy, composing memory layout, compression, recall, decay, switches.
 
 Call sequence (driven by the sampler): begin_chunk -> per forward: begin_call + attend for every layer ->
-end_chunk. Planning happens once per chunk in Python (layouts are identical across layers); tensor work
-happens per layer. Per layer the policy keeps only what it reads:
-
-    window K/V [B, H, W*S, D]                 the attention window (model dtype)
-    history ring K/V [B, H, W*S, D]           compression candidates (only if compressed_frames > 0)
-    anchor source K/V [B, H, P*S, D]          the scene's first P clock frames (only if anchor_frames > 0)
-    recall candidates (3 frames), first frame, weights/rates [W*S] float32, calibration sums
-
-versus the official window + k_original + v_original + k_raw + history + 12 candidate frames. The scene pool
-lives on `pool_device` (default CPU, like the official code, so pooled scenes cost host RAM, not GPU memory,
-and a switch pays one host->device copy of one frame per layer) in the model dtype (official: float32).
-The hot path (attend) has no host synchronisation; `end_chunk` syncs a few scalars for its report.
+end_chunk. Planning happens once per chunk in Python (layouts are identical across layers) into a ChunkPlan;
+tensor work happens per layer, in the mechanism that owns the tensors (see the package docstring for who owns
+what). The hot path (attend) has no host synchronisation; `end_chunk` syncs a few scalars for its report.
 
 Where this differs from the official code (spec references; defaults otherwise reproduce it):
 * Eviction (§5.4) drops the old-memory frames at the window head; if rolling already pushed them into the anchor
@@ -37,23 +28,22 @@ from typing import Any
 import torch
 
 from echo_core.cache.base import AttentionInputs, CachePolicy, ChunkInfo, KVSpan
-from echo_core.cache.echo import compression as comp
-from echo_core.cache.echo.decay import DecayPlan, diff_rates, tile_rates
-from echo_core.cache.echo.layer_state import LayerState, allocate_layer, apply_moves, drop_head_frames, reset_for_scene
+from echo_core.cache.echo.chunk import ChunkPlan, ChunkProgress
+from echo_core.cache.echo.compression import HistoryRing
+from echo_core.cache.echo.decay import DecayState
 from echo_core.cache.echo.memory import (
     ANCHOR,
-    COMPRESSED,
-    OLD_MEMORY,
+    AnchorSource,
+    Layout,
     SlotInfo,
-    plan_chunk,
     region_times,
     region_tokens,
     slot_label,
-    slot_positions,
-    temporal_positions,
+    switch_slots,
 )
-from echo_core.cache.echo.recall import ScenePool, fuse_recall_frame
-from echo_core.cache.echo.transitions import SwitchPlan, mode_name, plan_switch
+from echo_core.cache.echo.recall import ScenePool, SceneRecorder
+from echo_core.cache.echo.transitions import mode_name, plan_switch
+from echo_core.cache.echo.window import Window
 from echo_core.config import EchoConfig
 
 
@@ -67,410 +57,190 @@ class EchoCache(CachePolicy):
         self.mem = self.config.memory
         self.router = router
         self.pool = ScenePool(self.config.recall_frames.pool_max_size, pool_device)
-        self._layers: list[LayerState | None] = [None] * num_layers
+        self.layout = Layout(self.mem)
+        self.window = Window(num_layers, self.mem.window_frames)
+        self.source = AnchorSource(num_layers, self.config)
+        self.ring = HistoryRing(num_layers, self.mem)
+        self.scenes = SceneRecorder(num_layers, self.config, self.pool)
+        self.decay = DecayState(num_layers, self.mem.window_frames)
         self._grid: tuple[int, int] | None = None
-        self.slots: list[SlotInfo] = []
-        w = self.mem.window_frames
-        self._ring_frames: list[int | None] = [None] * w
-        self._ring_next = 0
-        self._source_cap = self._source_capacity()
-        self._source_meta: list[SlotInfo | None] = [None] * self._source_cap
-        self._calib_count = 0
-        self._calib_ready = False
-        self._scene_q_count = 0
-        self._scene: int | None = None
-        self._scene_finished = False
-        self._offset = 0  # old-memory frames at the window head (scene timing offset, §3.2)
-        self._local_timing = False  # official: False until the first switch
-        self._rope_mode = self.mem.rope_position_mode
-        self._pending_jump = 0
-        self._decay: DecayPlan | None = None
-        self._decay_live = False
-        self._rolled_in_scene = False
         self._switch_report: dict[str, Any] | None = None
-        self._chunk_state: dict[str, Any] = {}
-        self._omega: torch.Tensor | None = None
+        self._plan: ChunkPlan | None = None
+        self._progress = ChunkProgress(set())
+
+    @property
+    def slots(self) -> list[SlotInfo]:
+        return self.layout.slots
 
     # ------------------------------------------------------------------------------------------ planning
     def begin_chunk(self, chunk: ChunkInfo) -> None:
-        c = chunk.num_frames
+        c, s = chunk.num_frames, chunk.tokens_per_frame
         if not 1 <= c <= self.mem.frames_per_chunk:
             raise ValueError(f"chunk {chunk.index} has {c} frames; EchoCache takes 1..frames_per_chunk "
                              f"({self.mem.frames_per_chunk}) frames per chunk (memory.frames_per_chunk)")
+        rows, cols = chunk.grid
         if self._grid is None:
-            self._grid = tuple(chunk.grid)  # type: ignore[assignment]
-            self._scene = chunk.scene_index
-        elif tuple(chunk.grid) != self._grid:
-            raise ValueError(f"chunk grid changed from {self._grid} to {tuple(chunk.grid)} within one run; "
+            self._grid = (rows, cols)
+            self.scenes.scene = chunk.scene_index
+        elif (rows, cols) != self._grid:
+            raise ValueError(f"chunk grid changed from {self._grid} to {(rows, cols)} within one run; "
                              "use a new EchoCache per resolution")
         self._switch_report = None
-        if chunk.scene_index != self._scene or (chunk.transition is not None and chunk.index > 0):
+        if chunk.scene_index != self.scenes.scene or (chunk.transition is not None and chunk.index > 0):
             self._switch(chunk)
         super().begin_chunk(chunk)
-        local = chunk.start_frame - chunk.scene_start_frame
-        pc_start = local + self._offset if self._local_timing else chunk.start_frame
-        frames = list(range(chunk.start_frame, chunk.end_frame))
-        plan = plan_chunk(self.slots, self.mem, frames=frames, scene_frames=[local + j for j in range(c)],
-                          pc_start=pc_start, source=self._source_meta)
-        for st in self._live_layers():
-            apply_moves(st, plan.moves, chunk.tokens_per_frame)
-        self.slots = plan.slots
-        self._rolled_in_scene |= plan.rolled
-        s = chunk.tokens_per_frame
-        ready = self._calib_ready and any(f is not None for f in self._ring_frames)
-        pending = set(range(self.num_layers)) if plan.compress and ready else set()
-        a, m = self.mem.anchor_frames, self.mem.compressed_frames
-        if pending:
-            self.slots[a:a + m] = [SlotInfo(COMPRESSED)] * m
-        if plan.compress:
-            for st in self._live_layers():
-                if st.comp_frames is None:  # region holds whole stale frames until a first selection
-                    region = plan.slots[a:a + m]
-                    st.comp_frames = torch.tensor([-1 if i.frame is None else i.frame for i in region],
-                                                  device=st.k.device).repeat_interleave(s)
-                    st.comp_spatial = torch.arange(len(region) * s, device=st.k.device) % s
-        jump, self._pending_jump = self._pending_jump, 0
-        times = temporal_positions(len(self.slots), self.mem.window_frames, self._rope_mode, jump, c)
-        w = self.mem.window_frames
-        self._chunk_state = dict(
-            plan=plan, s=s, pc_start=pc_start, local=local, jump=jump, times=times, compress=pending,
-            first_of_scene=local == 0, positions={}, committed=False,
-            ring_slots=[(self._ring_next + j) % w for j in range(c)],
-            mirror=[(j, pc_start + j) for j in range(c) if 0 <= pc_start + j < self._source_cap],
-            calib=pc_start + c <= w, calib_ready_after=pc_start + c >= w, evicted=0,
-            sampled=set(self.config.recall_frames.sampled_frames()) if self.config.needs_recall_frames else set())
+        placed = self.layout.place(chunk, self.source.meta)
+        self.window.apply_moves(placed.moves, s, self.source.layers)
+        self.decay.apply_moves(placed.moves, s)
+        compress = placed.compress and self.ring.ready
+        if compress:
+            self.layout.mark_compressed()
+        if placed.compress:
+            self.ring.seed_origins(self.layout.compressed_region(), s)
+        jump, times = self.layout.times(c)
+        self._plan = ChunkPlan(frames=c, grid=(rows, cols),
+                               local=chunk.start_frame - chunk.scene_start_frame, clock=placed.clock,
+                               start=placed.current_start, jump=jump, times=tuple(times), compress=compress,
+                               ring=self.ring.plan(placed.clock, c), mirror=self.source.mirror(placed.clock, c))
+        self._progress = ChunkProgress(set(range(self.num_layers)) if compress else set())
 
-    def _source_capacity(self) -> int:
-        """Anchor-source frames kept. Like the official `k_original` it is indexed by the clock (old memory
-        first) and shifted when the old memory is evicted, so it must also hold the frames that slide into
-        [0, P) at that moment: P plus the largest old memory a switch can insert."""
-        if self.mem.anchor_frames == 0:
-            return 0
-        extra = 0
-        for name in ("smooth", "hardcut", "recall"):
-            tc = self.config.mode(name)
-            extra = max(extra, int(tc.use_old_memory) + (tc.old_recent_frames if tc.use_old_recent else 0))
-        return min(self.mem.window_frames, self.mem.anchor_period + extra)
+    def _require_plan(self) -> ChunkPlan:
+        self._require_chunk()
+        if self._plan is None:
+            raise RuntimeError("EchoCache.begin_chunk must be called before attend / end_chunk")
+        return self._plan
 
-    def _live_layers(self) -> list[LayerState]:
-        return [st for st in self._layers if st is not None]
-
-    # ------------------------------------------------------------------------------------------ switching
     def _switch(self, chunk: ChunkInfo) -> None:
         """Rebuild the window for the scene `chunk` opens (§6.3)."""
-        if not self._scene_finished:
-            self._finish_scene()  # the sampler did not flag the previous chunk as the scene's end
+        if not self.scenes.finished:
+            self.scenes.finish()  # the sampler did not flag the previous chunk as the scene's end
         transition = chunk.transition
         mode = mode_name(transition.mode) if transition is not None else "smooth"
-        manual = getattr(transition, "recall_source", None)
-        st0 = self._layers[0]
         plan = plan_switch(mode, self.config, self.pool, dest_scene=chunk.scene_index,
-                           cache_frames=len(self.slots), has_select=st0 is not None and st0.select is not None,
-                           router=self.router, manual=manual)
-        s = chunk.tokens_per_frame
-        n, r, o = len(self.slots), plan.memory_frames, plan.old_recent
-        for i, st in enumerate(self._layers):
-            if st is None:
-                continue
-            old_k, old_v = st.k[:, :, (n - o) * s:n * s].clone(), st.v[:, :, (n - o) * s:n * s].clone()
-            st.k[:, :, r * s:(r + o) * s], st.v[:, :, r * s:(r + o) * s] = old_k, old_v
-            if plan.memory_from == "pool":
-                mk, mv = plan.memory[i]  # type: ignore[index]
-                st.k[:, :, :s] = mk.to(st.k.device, st.k.dtype, non_blocking=True)
-                st.v[:, :, :s] = mv.to(st.v.device, st.v.dtype, non_blocking=True)
-            elif plan.memory_from == "current_select":
-                st.k[:, :, :s], st.v[:, :, :s] = st.select  # type: ignore[misc]
-            # "slot0": the memory already sits in slot 0
-            reset_for_scene(st, r + o, s, self._source_cap)
-        old_slots = self.slots
-        label = plan.memory_label
-        self.slots = ([SlotInfo(OLD_MEMORY, None, None, label)] if r else []) + \
-                     [SlotInfo(OLD_MEMORY, x.frame, x.scene_frame, "old_recent") for x in old_slots[n - o:n]]
-        if plan.memory_from == "slot0" and old_slots:
-            self.slots[0] = SlotInfo(OLD_MEMORY, old_slots[0].frame, old_slots[0].scene_frame, label)
-        self._source_meta = [None] * self._source_cap
-        for p, info in enumerate(self.slots[:self._source_cap]):
-            self._source_meta[p] = info
-        self._ring_frames = [None] * self.mem.window_frames
-        self._ring_next = 0
-        self._calib_count, self._calib_ready, self._scene_q_count = 0, False, 0
-        self._offset = r + o
-        self._local_timing = plan.scene_local_timing
-        self._rope_mode = plan.rope_position_mode
-        self._pending_jump = plan.jump
-        self._rolled_in_scene = False
-        self._scene = chunk.scene_index
-        self._scene_finished = False
-        self._setup_decay(plan, s)
+                           cache_frames=len(self.slots), has_select=self.scenes.first_frame(0) is not None,
+                           router=self.router, manual=getattr(transition, "recall_source", None))
+        s, r, o = chunk.tokens_per_frame, plan.memory_frames, plan.old_recent
+        # "slot0" (or none): slot 0 keeps what it holds
+        memory = {"pool": plan.memory, "current_select": self.scenes.first_frames()}.get(plan.memory_from)
+        self.window.rebuild(len(self.slots), r, o, s, memory)
+        slots = switch_slots(self.slots, r, o, plan.memory_label, plan.memory_from == "slot0")
+        self.layout.restart(slots, r + o, plan.scene_local_timing, plan.rope_position_mode, plan.jump)
+        self.source.restart(slots, self.window.layers, r + o, s)
+        self.ring.reset()
+        self.scenes.start(chunk.scene_index)
+        self.decay.start(plan.decay, s)
         if mode != "smooth":  # a cut or recall starts a new smooth chain (§6.2)
             self.pool.reset_smooth_anchors()
-        self._switch_report = dict(mode=mode, implicit=transition is None, memory=label, old_recent_frames=o,
-                                   rope_jump=plan.jump, routing=plan.routing)
-
-    def _setup_decay(self, plan: SwitchPlan, s: int) -> None:
-        self._decay = None if plan.decay is None or plan.decay.empty else plan.decay
-        self._decay_live = False
-        if self._decay is None:
-            return
-        a, b = self._decay.span
-        for st in self._live_layers():
-            st.w[a * s:b * s] = self._decay.first_weight
-            if self._decay.strategy == "fixed":
-                st.rates[a * s:b * s] = self._decay.fixed_rate
-        self._decay_live = True
+        self._switch_report = dict(mode=mode, implicit=transition is None, memory=plan.memory_label,
+                                   old_recent_frames=o, rope_jump=plan.jump, routing=plan.routing)
 
     # ------------------------------------------------------------------------------------------ attention
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionInputs:
-        chunk, call = self._require_chunk(), self._require_call()
-        cs = self._chunk_state
-        s, c = cs["s"], chunk.num_frames
+        plan, call = self._require_plan(), self._require_call()
+        s, c = plan.tokens_per_frame, plan.frames
         if k.ndim != 4 or k.shape[2] != c * s or v.shape != k.shape:
             raise ValueError(f"layer {layer}: k/v must be [B, H, {c * s}, D] for a {c}-frame chunk of {s} tokens "
                              f"per frame, got k {tuple(k.shape)}, v {tuple(v.shape)}")
-        st = self._layers[layer] or self._allocate(layer, k)
-        if layer in cs["compress"]:
-            cs["compress"].discard(layer)
-            self._compress(st, q, s)
-        a = cs["plan"].current_start * s
-        st.k[:, :, a:a + c * s] = k
-        st.v[:, :, a:a + c * s] = v
+        if self.window.layers[layer] is None:
+            for part in self._parts():
+                part.allocate(layer, k, s)
+        if layer in self._progress.pending_compress:  # the chunk's first call re-selects the compressed region
+            self._progress.pending_compress.discard(layer)
+            keys, values = self.ring.select(layer, q, s)
+            a = self.mem.anchor_frames * s
+            self.window.write(layer, a, keys, values)
+            self.decay.reset_rows(layer, a, a + keys.shape[2])
+        self.window.write(layer, plan.own_rows[0], k, v)
         if call.commit:
-            cs["committed"] = True
-            self._commit(st, q, k, v, s)
+            self._progress.committed = True
+            self._commit(layer, plan, q, k, v)
         n = len(self.slots) * s
-        q_pos, k_pos = self._positions(st, k.device)
-        weights = st.w[:n] if self._decay_live else None
-        return AttentionInputs(q_pos, [KVSpan(st.k[:, :, :n], st.v[:, :, :n], k_pos, weights)])
+        q_pos, k_pos = self._positions(layer, plan, k.device)
+        keys, values = self.window.view(layer, n)
+        return AttentionInputs(q_pos, [KVSpan(keys, values, k_pos, self.decay.weights(layer, n))])
 
-    def _allocate(self, layer: int, like: torch.Tensor) -> LayerState:
-        st = allocate_layer(like, self._chunk_state["s"], self.mem.window_frames,
-                            ring=self.mem.compressed_frames > 0, source_frames=self._source_cap,
-                            recall_stats=self.config.needs_recall_frames)
-        self._layers[layer] = st
-        return st
-
-    def _positions(self, st: LayerState, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        cs = self._chunk_state
-        key = str(device)
-        if key not in cs["positions"]:
-            rows, cols = self._grid  # type: ignore[misc]
-            k_pos = slot_positions(cs["times"], rows, cols, device)
-            start, c = cs["plan"].current_start * cs["s"], self._require_chunk().num_frames
-            cs["positions"][key] = (k_pos[start:start + c * cs["s"]], k_pos)
-        q_pos, k_pos = cs["positions"][key]
-        if self.mem.compressed_keep_origin_positions and st.comp_spatial is not None and self._rolled_in_scene:
-            index = self._require_chunk().index
-            if st.k_pos is None or st.k_pos[0] != index:
-                cols = self._grid[1]  # type: ignore[index]
-                a = self.mem.anchor_frames * cs["s"]
-                own = k_pos.clone()
-                own[a:a + st.comp_spatial.numel(), 1] = st.comp_spatial // cols
-                own[a:a + st.comp_spatial.numel(), 2] = st.comp_spatial % cols
-                st.k_pos = (index, own)
-            k_pos = st.k_pos[1]
-        return q_pos, k_pos
-
-    def _compress(self, st: LayerState, q: torch.Tensor, s: int) -> None:
-        """Re-select the compressed region from the history ring (§2.6c-d), on the chunk's first call."""
-        m, w = self.mem, self.mem.window_frames
-        cs = self._chunk_state
-        if "ring_meta" not in cs or cs["ring_meta"][0] != q.device:
-            valid = [f for f in self._ring_frames if f is not None]
-            last = max(valid)
-            frames = torch.tensor([-1 if f is None else f for f in self._ring_frames], device=q.device)
-            excluded = torch.tensor([f is None or f > last - m.recent_frames for f in self._ring_frames],
-                                    device=q.device)
-            spatial = torch.arange(s, device=q.device)
-            order = (frames[:, None] * s + spatial[None]).flatten()
-            dist = (last + 1 - frames).double()
-            cs["ring_meta"] = (q.device, frames, excluded.repeat_interleave(s), order, dist, len(valid))
-        _, frames, excluded, order, dist, n_valid = cs["ring_meta"]
-        if self._omega is None or self._omega.device != q.device:
-            self._omega = comp.temporal_frequencies(q.shape[-1], m.rope_theta, q.device)
-        q_mean = st.calib_q / self._calib_count  # type: ignore[operator]
-        q_abs = st.calib_abs / self._calib_count  # type: ignore[operator]
-        gate = comp.drift_gate(q_mean, q, m.drift_gate_lambda) if (m.use_drift_gate and
-                                                                   m.use_amplitude_compensation) else None
-        b, h, _, d = st.ring_k.shape  # type: ignore[union-attr]
-        scores = comp.phase_scores(st.ring_k.view(b, h, w, s, d), dist, q_mean, q_abs,  # type: ignore[union-attr]
-                                   offsets=m.offsets, omega=self._omega, gate=gate,
-                                   amplitude_compensation=m.use_amplitude_compensation, fusion=m.fusion)
-        idx = comp.select_tokens(scores.flatten(), excluded, st.ring_counts, order,  # type: ignore[arg-type]
-                                 min(m.compressed_frames * s, n_valid * s), m.topc_max_reuse)
-        a, k = m.anchor_frames * s, idx.numel()
-        st.k[:, :, a:a + k] = st.ring_k.index_select(2, idx)  # type: ignore[union-attr]
-        st.v[:, :, a:a + k] = st.ring_v.index_select(2, idx)  # type: ignore[union-attr]
-        st.w[a:a + k] = 1.0
-        st.rates[a:a + k] = 1.0
-        st.ring_counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))  # type: ignore[union-attr]
-        st.comp_frames[:k] = frames[idx // s]  # type: ignore[index]
-        st.comp_spatial[:k] = idx % s  # type: ignore[index]
-        st.k_pos = None
-
-    def _commit(self, st: LayerState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int) -> None:
+    def _commit(self, layer: int, plan: ChunkPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Bookkeeping of a clean (commit) pass: history, calibration, anchor source, recall statistics."""
-        cs, chunk = self._chunk_state, self._require_chunk()
-        if st.ring_k is not None:
-            for j, slot in enumerate(cs["ring_slots"]):
-                st.ring_k[:, :, slot * s:(slot + 1) * s] = k[:, :, j * s:(j + 1) * s]
-                st.ring_v[:, :, slot * s:(slot + 1) * s] = v[:, :, j * s:(j + 1) * s]  # type: ignore[index]
-                st.ring_counts[slot * s:(slot + 1) * s] = 0  # type: ignore[index]
-            if cs["calib"]:
-                qs, qa = comp.query_sums(q)
-                st.calib_q += qs  # type: ignore[operator]
-                st.calib_abs += qa  # type: ignore[operator]
-        for j, p in cs["mirror"]:
-            st.src_k[:, :, p * s:(p + 1) * s] = k[:, :, j * s:(j + 1) * s]  # type: ignore[index]
-            st.src_v[:, :, p * s:(p + 1) * s] = v[:, :, j * s:(j + 1) * s]  # type: ignore[index]
-        if st.scene_q is not None:
-            st.scene_q += q.float().sum(dim=(0, 2))
-            for j in range(chunk.num_frames):
-                if cs["local"] + j in cs["sampled"]:
-                    st.cands[cs["local"] + j] = (k[:, :, j * s:(j + 1) * s].clone(), v[:, :, j * s:(j + 1) * s].clone())
-        if cs["first_of_scene"]:
-            d = self._decay
-            if d is not None and d.rates_pending:
-                if d.target == "old_recent" and st.select is not None:
-                    ref = st.select[0]
-                else:
-                    ref = st.k[:, :, :s]
-                rates = diff_rates(k[:, :, :s], ref, d.min_rate, d.max_rate)
-                a, b = d.span
-                st.rates[a * s:b * s] = tile_rates(rates, b - a)
-            st.select = (k[:, :, :s].clone(), v[:, :, :s].clone())
+        s = plan.tokens_per_frame
+        self.ring.record(layer, plan.ring, q, k, v, s)
+        self.source.record(layer, plan.mirror, k, v, s)
+        if plan.first_of_scene:  # diff rates compare the new scene's first frame with the memory (before capture)
+            self.decay.capture_rates(layer, k[:, :, :s], self.scenes.first_frame(layer),
+                                     self.window.view(layer, s)[0], s)
+        self.scenes.record(layer, plan.local, q, k, v, s, first=plan.first_of_scene)
+
+    def _positions(self, layer: int, plan: ChunkPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        q_pos, k_pos = self._progress.positions(plan, device)
+        spatial = self.ring.origin_spatial(layer)
+        if self.mem.compressed_keep_origin_positions and spatial is not None and self.layout.rolled_in_scene:
+            k_pos = self._progress.origin_positions(layer, k_pos, self.mem.anchor_frames * plan.tokens_per_frame,
+                                                    spatial, plan.grid[1])
+        return q_pos, k_pos
 
     # ------------------------------------------------------------------------------------------ chunk end
     def end_chunk(self) -> dict[str, Any]:
-        chunk = self._require_chunk()
-        cs = self._chunk_state
-        s, c = cs["s"], chunk.num_frames
-        if cs["committed"]:
-            for j, slot in enumerate(cs["ring_slots"]):
-                self._ring_frames[slot] = chunk.start_frame + j
-            self._ring_next = (self._ring_next + c) % self.mem.window_frames
-            batch = self._live_layers()[0].k.shape[0]
-            if cs["calib"]:
-                self._calib_count += batch * c * s
-            if cs["calib_ready_after"] and self._calib_count > 0:
-                self._calib_ready = True
-            for j, p in cs["mirror"]:
-                self._source_meta[p] = SlotInfo(ANCHOR, chunk.start_frame + j, cs["local"] + j)
-            self._scene_q_count += batch * c * s
-            if cs["first_of_scene"]:
-                if self._decay is not None:
-                    self._decay.rates_pending = False
-                self._register_select()
-            if chunk.is_scene_end:
-                self._finish_scene()
-        report = self._report(chunk)
-        if self._decay is not None:
-            for st in self._live_layers():
-                st.w.mul_(st.rates)
-            self._decay.blocks_left -= 1
-            if self._decay.blocks_left <= 0:
-                report["evicted_frames"] = self._evict(s)
+        chunk, plan = self._require_chunk(), self._require_plan()
+        s, c = plan.tokens_per_frame, plan.frames
+        if self._progress.committed:
+            queries = self.window.batch() * c * s
+            self.ring.commit(plan.ring, chunk.start_frame, queries)
+            self.source.commit(plan.mirror, chunk.start_frame, plan.local)
+            if plan.first_of_scene:
+                self.decay.rates_captured()
+            self.scenes.end_chunk(queries, first=plan.first_of_scene, scene_end=chunk.is_scene_end)
+        report = self._report(chunk, plan)
+        if self.decay.step():
+            report["evicted_frames"] = self._evict(s)
         return report
-
-    def _register_select(self) -> None:
-        if not self.config.needs_select_frames or self._scene is None:
-            return
-        layers = [st.select for st in self._live_layers() if st.select is not None]
-        stored = self.pool.add(self._scene, "select", layers)  # type: ignore[arg-type]
-        if self.pool.select_anchor is None:
-            self.pool.select_anchor, self.pool.select_anchor_scene = stored, self._scene
-
-    def _finish_scene(self) -> None:
-        """Build the ending scene's recall frame per layer and pool it (§4.2)."""
-        self._scene_finished = True
-        if not self.config.needs_recall_frames or self._scene_q_count == 0 or self._scene is None:
-            return
-        rf = self.config.recall_frames
-        layers = []
-        for st in self._live_layers():
-            frames = [f for f in sorted(st.cands)]
-            if not frames:
-                return
-            keys = torch.stack([st.cands[f][0] for f in frames], dim=2)
-            values = torch.stack([st.cands[f][1] for f in frames], dim=2)
-            k, v = fuse_recall_frame(keys, values, st.scene_q / self._scene_q_count,  # type: ignore[operator]
-                                     mode=rf.mode, base_weight=rf.base_frame_weight)
-            layers.append((k.to(st.k.dtype), v.to(st.v.dtype)))
-        stored = self.pool.add(self._scene, "compress", layers)
-        if self.pool.compress_anchor is None:
-            self.pool.compress_anchor, self.pool.compress_anchor_scene = stored, self._scene
 
     def _evict(self, s: int) -> int:
         """Drop the old memory at the window head (§5.4) unless rolling already pushed it into the anchors."""
-        self._decay = None
-        drop = 0
-        while drop < len(self.slots) and self.slots[drop].region == OLD_MEMORY:
-            drop += 1
-        if drop == 0 or self._rolled_in_scene:
+        self.decay.stop()
+        drop = self.layout.old_memory_head()
+        if drop == 0 or self.layout.rolled_in_scene:
             return 0  # already rolled (out or into the anchors); it leaves by rolling
-        n = len(self.slots)
-        src_drop = 0
-        while src_drop < len(self._source_meta) and self._source_meta[src_drop] is not None \
-                and self._source_meta[src_drop].region == OLD_MEMORY:  # type: ignore[union-attr]
-            src_drop += 1
-        for st in self._live_layers():
-            drop_head_frames(st, drop, n, s, src_drop)
-        self.slots = self.slots[drop:]
-        self._source_meta = self._source_meta[src_drop:] + [None] * src_drop
-        self._offset = max(0, self._offset - drop)
-        self._decay_live = False
+        self.window.drop_head(drop, len(self.slots), s)
+        self.decay.reset()
+        self.source.drop_head(self.source.old_memory_head(), s)
+        self.layout.drop_head(drop)
         return drop
 
-    # ------------------------------------------------------------------------------------------ reporting
-    def _report(self, chunk: ChunkInfo) -> dict[str, Any]:
-        cs, s = self._chunk_state, self._chunk_state["s"]
-        times = cs["times"]
-        c = chunk.num_frames
-        start = cs["plan"].current_start
+    def _report(self, chunk: ChunkInfo, plan: ChunkPlan) -> dict[str, Any]:
+        s, slots, times = plan.tokens_per_frame, self.slots, list(plan.times)
         report: dict[str, Any] = {
-            "chunk": chunk.index, "scene": self._scene, "policy": "echo",
-            "layout": [slot_label(i) for i in self.slots],
-            "tokens": region_tokens(self.slots, s),
-            "cache_frames": len(self.slots), "cache_tokens": len(self.slots) * s,
+            "chunk": chunk.index, "scene": self.scenes.scene, "policy": "echo",
+            "layout": [slot_label(i) for i in slots], "tokens": region_tokens(slots, s),
+            "cache_frames": len(slots), "cache_tokens": len(slots) * s,
             "budget_tokens": self.mem.window_frames * s, "cache_bytes": self.nbytes(),
-            "rope_t": region_times(self.slots, times), "query_t": times[start:start + c],
-            "rope_jump": cs["jump"], "clock_frame": cs["pc_start"],
-            "anchor_source_frames": [i.scene_frame for i in self.slots if i.region == ANCHOR],
-            "pool_size": len(self.pool), "pool_bytes": self.pool.nbytes(),
-            "calibrated": self._calib_ready,
+            "rope_t": region_times(slots, times), "query_t": times[plan.start:plan.start + plan.frames],
+            "rope_jump": plan.jump, "clock_frame": plan.clock,
+            "anchor_source_frames": [i.scene_frame for i in slots if i.region == ANCHOR],
+            "pool_size": len(self.pool), "pool_bytes": self.pool.nbytes(), "calibrated": self.ring.calibrated,
         }
-        st0 = self._layers[0]
-        if st0 is not None and st0.comp_frames is not None and self._rolled_in_scene:
-            report["compressed_source_frames"] = [f for f in torch.unique(st0.comp_frames).tolist() if f >= 0]
-        mem_tokens = sum(1 for i in self.slots if i.region == OLD_MEMORY) * s
-        live = self._live_layers()
-        if mem_tokens and live:
-            w = torch.stack([st.w[:mem_tokens] for st in live])
-            report["memory_weights"] = dict(zip(("mean", "min", "max"),
-                                                torch.stack((w.mean(), w.min(), w.max())).tolist()))
-        if self._decay is not None and live:
-            a, b = self._decay.span
-            r = torch.stack([st.rates[a * s:b * s] for st in live])
-            report["decay"] = dict(target=self._decay.target, strategy=self._decay.strategy,
-                                   blocks_left=self._decay.blocks_left,
-                                   **dict(zip(("rate_min", "rate_mean", "rate_max"),
-                                              torch.stack((r.min(), r.mean(), r.max())).tolist())))
+        report.update(self.ring.report(self.layout.rolled_in_scene))
+        report.update(self.decay.report(self.layout.old_memory_frames() * s, s))
         if self._switch_report is not None:
             report["transition"] = self._switch_report
         return report
 
     # ------------------------------------------------------------------------------------------ accounting
     def token_count(self, layer: int = 0) -> int:
-        if self._layers[layer] is None or self._grid is None:
+        if self.window.layers[layer] is None or self._grid is None:
             return 0
         return len(self.slots) * self._grid[0] * self._grid[1]
 
+    def _parts(self) -> tuple[Window, AnchorSource, HistoryRing, SceneRecorder, DecayState]:
+        """The owners of per-layer tensors (allocated together at a layer's first call)."""
+        return self.window, self.source, self.ring, self.scenes, self.decay
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for st in self._live_layers() for t in st.tensors())
+        return sum(t.numel() * t.element_size() for part in self._parts() for per_layer in part.allocated()
+                   for t in per_layer.tensors())
 
     def release(self) -> None:
-        self._layers = [None] * self.num_layers
+        for part in self._parts():
+            part.release()
         self.pool.entries.clear()
         self.pool.reset_smooth_anchors()
-        self.slots = []
-        self._chunk_state = {}
-
+        self.layout.slots = []
+        self._plan = None

@@ -5,6 +5,7 @@ location p: its frames 0, 4, 8 (official sampling) are scored per location again
 fused (`score_weighted`: 90 % first frame + 10 % softmax blend; `token_select`: best frame per location).
 The pool keeps, per scene, that recall frame ("compress") and/or the scene's first frame ("select"), bounded to
 the newest `pool_max_size` scenes. Entries are stored in the model's dtype on `device` (official: float32 on CPU).
+`SceneRecorder` collects, while a scene runs, what its recall frame is fused from and its first frame.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from echo_core.config import EchoConfig
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # one (k, v) [B, H, S, D] per layer
 
@@ -117,3 +120,113 @@ class ScenePool:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+@dataclass
+class SceneLayer:
+    """One layer's record of the running scene."""
+
+    dtype: torch.dtype  # the window's dtype, in which the recall frame is pooled
+    q_sum: torch.Tensor | None = None  # Σ q [H, D] float32 over the scene's commit passes (recall frames only)
+    candidates: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # scene frame -> (k, v)
+    first: tuple[torch.Tensor, torch.Tensor] | None = None  # the scene's first frame; kept past a switch
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = [] if self.q_sum is None else [self.q_sum]
+        for kv in list(self.candidates.values()) + ([self.first] if self.first else []):
+            out.extend(kv)
+        return out
+
+
+class SceneRecorder:
+    """What the running scene leaves behind (§4.2-§4.3): the frames and query sum its recall frame is fused from,
+    and its first frame; both are pooled, the first frame after the scene's first chunk, the recall frame when
+    the scene ends."""
+
+    def __init__(self, num_layers: int, config: EchoConfig, pool: ScenePool):
+        self.pool = pool
+        self.frames = config.recall_frames
+        self.recall = config.needs_recall_frames
+        self.select = config.needs_select_frames
+        self.sampled = frozenset(self.frames.sampled_frames()) if self.recall else frozenset()
+        self.layers: list[SceneLayer | None] = [None] * num_layers
+        self.scene: int | None = None
+        self.finished = False
+        self.q_count = 0  # queries summed into every layer's q_sum
+
+    def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
+        q_sum = torch.zeros(like.shape[1], like.shape[3], dtype=torch.float32, device=like.device) \
+            if self.recall else None
+        self.layers[layer] = SceneLayer(like.dtype, q_sum)
+
+    def allocated(self) -> list[SceneLayer]:
+        return [sl for sl in self.layers if sl is not None]
+
+    def first_frame(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        sl = self.layers[layer]
+        return None if sl is None else sl.first
+
+    def first_frames(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        return [self.first_frame(i) for i in range(len(self.layers))]
+
+    def record(self, layer: int, local: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int,
+               first: bool) -> None:
+        """Commit pass of a chunk whose first frame is scene frame `local`."""
+        sl = self.layers[layer]
+        if sl is None:
+            return
+        if sl.q_sum is not None:
+            sl.q_sum += q.float().sum(dim=(0, 2))
+            for j in range(k.shape[2] // s):
+                if local + j in self.sampled:
+                    sl.candidates[local + j] = (k[:, :, j * s:(j + 1) * s].clone(), v[:, :, j * s:(j + 1) * s].clone())
+        if first:
+            sl.first = (k[:, :, :s].clone(), v[:, :, :s].clone())
+
+    def end_chunk(self, queries: int, first: bool, scene_end: bool) -> None:
+        """After a committed chunk of `queries` query tokens (batch included)."""
+        self.q_count += queries
+        if first:
+            self._pool_first_frame()
+        if scene_end:
+            self.finish()
+
+    def start(self, scene: int) -> None:
+        """A new scene: statistics start over (the old first frame stays until the new one is captured)."""
+        for sl in self.allocated():
+            if sl.q_sum is not None:
+                sl.q_sum.zero_()
+            sl.candidates.clear()
+        self.q_count = 0
+        self.scene = scene
+        self.finished = False
+
+    def _pool_first_frame(self) -> None:
+        if not self.select or self.scene is None:
+            return
+        layers = [sl.first for sl in self.allocated() if sl.first is not None]
+        stored = self.pool.add(self.scene, "select", layers)
+        if self.pool.select_anchor is None:
+            self.pool.select_anchor, self.pool.select_anchor_scene = stored, self.scene
+
+    def finish(self) -> None:
+        """Fuse the ending scene's recall frame per layer and pool it (§4.2)."""
+        self.finished = True
+        if not self.recall or self.q_count == 0 or self.scene is None:
+            return
+        layers = []
+        for sl in self.allocated():
+            frames = sorted(sl.candidates)
+            if not frames or sl.q_sum is None:
+                return
+            keys = torch.stack([sl.candidates[f][0] for f in frames], dim=2)
+            values = torch.stack([sl.candidates[f][1] for f in frames], dim=2)
+            k, v = fuse_recall_frame(keys, values, sl.q_sum / self.q_count, mode=self.frames.mode,
+                                     base_weight=self.frames.base_frame_weight)
+            layers.append((k.to(sl.dtype), v.to(sl.dtype)))
+        stored = self.pool.add(self.scene, "compress", layers)
+        if self.pool.compress_anchor is None:
+            self.pool.compress_anchor, self.pool.compress_anchor_scene = stored, self.scene
+
+    def release(self) -> None:
+        self.layers = [None] * len(self.layers)

@@ -125,5 +125,6 @@ def _route(cfg: EchoConfig, pool: ScenePool, kind: str, dest_scene: int, router:
     if chosen is None:
         return None, "none (recall found no scene)", report, jump
     entry = pool.get(chosen, kind)
+    assert entry is not None  # chosen among the pool's scenes of this kind
     what = "recall frame" if kind == "compress" else "first frame"
-    return entry.layers(kind), f"{what} of scene {chosen}", report, jump  # type: ignore[union-attr]
+    return entry.layers(kind), f"{what} of scene {chosen}", report, jump
