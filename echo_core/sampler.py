@@ -197,6 +197,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
             on_step(chunk, len(timesteps))
         run(x0, config.context_noise, CallInfo(len(timesteps), True), text)
         report = cache.end_chunk()
+        report.setdefault("context_bytes", cache.context_nbytes())  # the model's rotated context (hot path)
         report.update(chunk=chunk, scene=scene, start_frame=frame, wall_s=time.perf_counter() - t0)
         yield ChunkResult(chunk, x0, info, report)
         frame += fpc

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from echo_core.model.attention_io import AttentionInputs, KVSpan
+from echo_core.model.attention_io import AttentionInputs, ContextMemo, KVSpan
 
 __all__ = ["AttentionInputs", "CachePolicy", "CallInfo", "ChunkInfo", "KVSpan"]
 
@@ -58,10 +58,29 @@ class CachePolicy(ABC):
         self.num_layers = num_layers
         self.chunk: ChunkInfo | None = None
         self.call: CallInfo | None = None
+        # The hot path: per layer, the context as attention reads it, rebuilt once per chunk (see ContextMemo).
+        self._memos = [ContextMemo() for _ in range(num_layers)]
+        self._epoch = 0
 
     def begin_chunk(self, chunk: ChunkInfo) -> None:
         """Called once before the chunk's first forward call; a policy plans slots and scene switches here."""
         self.chunk = chunk
+        self._epoch += 1  # every context memo is stale from here on
+
+    def reusable(self, layer: int, q_positions: torch.Tensor, span: KVSpan,
+                 own_rows: tuple[tuple[int, int], ...]) -> AttentionInputs:
+        """AttentionInputs for a policy whose context (all of `span` but `own_rows`, the rows this call wrote)
+        stays the same over the calls of a chunk, so the model rotates it once per chunk."""
+        return AttentionInputs(q_positions, [span], context_id=self._epoch, own_rows=own_rows,
+                               memo=self._memos[layer])
+
+    def context_nbytes(self) -> int:
+        """Bytes of the rotated context the model keeps per layer for the running chunk (beside `nbytes`)."""
+        return sum(m.nbytes() for m in self._memos)
+
+    def release_context(self) -> None:
+        for memo in self._memos:
+            memo.clear()
 
     def begin_call(self, call: CallInfo) -> None:
         self.call = call

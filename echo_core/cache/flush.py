@@ -121,7 +121,9 @@ class FlushCache(CachePolicy):
         n = len(self.slot_frames) * s
         if self._pos is None or self._pos[0].device != k.device:
             self._pos = self._positions(chunk, k.device)
-        return AttentionInputs(self._pos[1], [KVSpan(kbuf[:, :, :n], vbuf[:, :, :n], self._pos[0])])
+        span = KVSpan(kbuf[:, :, :n], vbuf[:, :, :n], self._pos[0])
+        return self.reusable(layer, self._pos[1], span, tuple((slot * s, (slot + 1) * s)
+                                                              for slot in self._chunk_slots))
 
     def slot_times(self) -> list[int]:
         """RoPE time of every slot: its frame's rank in time order (relative) or its absolute frame index."""
@@ -161,6 +163,7 @@ class FlushCache(CachePolicy):
         return report
 
     def release(self) -> None:
+        self.release_context()
         self._k = [None] * self.num_layers
         self._v = [None] * self.num_layers
         self.slot_frames, self.sink, self._scene, self._pos = [], [], None, None

@@ -73,7 +73,9 @@ class RollingCache(CachePolicy):
             self._key_positions = grid_positions(self.slot_frames, rows, cols, device=k.device)
             self._query_positions = grid_positions(range(chunk.start_frame, chunk.end_frame), rows, cols,
                                                    device=k.device)
-        return AttentionInputs(self._query_positions, [KVSpan(kbuf[:, :, :n], vbuf[:, :, :n], self._key_positions)])
+        span = KVSpan(kbuf[:, :, :n], vbuf[:, :, :n], self._key_positions)
+        return self.reusable(layer, self._query_positions, span, tuple((slot * s, (slot + 1) * s)
+                                                                        for slot in self._chunk_slots))
 
     def _buffers(self, layer: int, like: torch.Tensor, needed_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         kbuf = self._k[layer]
@@ -107,6 +109,7 @@ class RollingCache(CachePolicy):
         return report
 
     def release(self) -> None:
+        self.release_context()
         self._k = [None] * self.num_layers
         self._v = [None] * self.num_layers
         self.slot_frames = []

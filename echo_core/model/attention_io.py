@@ -23,9 +23,32 @@ class KVSpan:
 
 
 @dataclass
+class ContextMemo:
+    """Scratch a policy lends the model for one layer: the context as attention reads it (keys rotated, weights
+    applied), built on the chunk's first call and reused by its other calls, which only rewrite the chunk's own
+    rows. The policy owns it (one per layer, freed with the cache); the model fills it."""
+
+    context_id: object = None
+    k: torch.Tensor | None = None  # rotated (and weighted) keys, the whole span
+    v: torch.Tensor | None = None  # weighted values; None when the span has no weights (its values are used as is)
+
+    def clear(self) -> None:
+        self.context_id, self.k, self.v = None, None, None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+
+
+@dataclass
 class AttentionInputs:
     q_positions: torch.Tensor  # [Lq, 3]
     spans: list[KVSpan] = field(default_factory=list)
+    # Hot path (one span only): while `context_id` stays the same, every row of the span outside `own_rows` - its
+    # keys, values, positions and weights - is unchanged since the memo was built, so only `own_rows` (the rows
+    # this call wrote, [start, end) ranges) need rotating again. None: rotate everything (no reuse).
+    context_id: object = None
+    own_rows: tuple[tuple[int, int], ...] = ()
+    memo: ContextMemo | None = None
 
 
 class KVCache(Protocol):

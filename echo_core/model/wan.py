@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from echo_core.model.attention_io import AttentionInputs, KVCache, KVSpan
+from echo_core.model.attention_io import AttentionInputs, ContextMemo, KVCache, KVSpan
 from echo_core.model.config import WanConfig
 from echo_core.model.rope import apply_rope, grid_positions, rope_cos_sin_cached
 
@@ -184,22 +184,49 @@ def _gate(y: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 def _attend(q: torch.Tensor, inputs: AttentionInputs, head_dim: int, mask: torch.Tensor | None = None):
-    """Rotate q and every span's keys with their positions, weight keys/values, attend. q is [B, H, Lq, D]."""
+    """Rotate q and the context keys with their positions, weight keys/values, attend. q is [B, H, Lq, D].
+    With a memo (one span), the context rotated on the chunk's first call is reused and only the rows this call
+    wrote are rotated again: the same numbers, without re-rotating the whole window on every call."""
     cos, sin = rope_cos_sin_cached(inputs.q_positions, head_dim)
     q = apply_rope(q, cos, sin)
-    keys, values = [], []
-    for span in inputs.spans:
-        cos, sin = rope_cos_sin_cached(span.positions, head_dim)
-        k = apply_rope(span.k, cos, sin)
-        v = span.v
-        if span.weights is not None:
-            w = span.weights.to(k.dtype)[:, None]
-            k, v = k * w, v * w
-        keys.append(k)
-        values.append(v)
-    k = keys[0] if len(keys) == 1 else torch.cat(keys, dim=2)
-    v = values[0] if len(values) == 1 else torch.cat(values, dim=2)
+    if inputs.memo is not None and inputs.context_id is not None and len(inputs.spans) == 1:
+        k, v = _memo_context(inputs.memo, inputs, head_dim)
+    else:
+        pairs = [_rotated(span, head_dim) for span in inputs.spans]
+        k = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=2)
+        v = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=2)
     return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+
+
+def _rotated(span: KVSpan, head_dim: int, rows: tuple[int, int] | None = None):
+    """Keys rotated to their positions and keys/values scaled by the span's weights (spec §2.8), for all rows or
+    for rows [a, b) only (elementwise per row, so a slice gives exactly the rows of the whole)."""
+    cos, sin = rope_cos_sin_cached(span.positions, head_dim)
+    k, v, w = span.k, span.v, span.weights
+    if rows is not None:
+        a, b = rows
+        k, v, cos, sin = k[:, :, a:b], v[:, :, a:b], cos[a:b], sin[a:b]
+        w = None if w is None else w[a:b]
+    k = apply_rope(k, cos, sin)
+    if w is not None:
+        w = w.to(k.dtype)[:, None]
+        k, v = k * w, v * w
+    return k, v
+
+
+def _memo_context(memo: ContextMemo, inputs: AttentionInputs, head_dim: int):
+    span = inputs.spans[0]
+    weighted = span.weights is not None
+    if memo.context_id != inputs.context_id or memo.k is None or memo.k.shape != span.k.shape:
+        k, v = _rotated(span, head_dim)
+        memo.context_id, memo.k, memo.v = inputs.context_id, k, v if weighted else None
+    else:
+        for a, b in inputs.own_rows:
+            k, v = _rotated(span, head_dim, (a, b))
+            memo.k[:, :, a:b] = k
+            if weighted:
+                memo.v[:, :, a:b] = v  # type: ignore[index]
+    return memo.k, memo.v if weighted else span.v
 
 
 def _block(m: nn.Module, cfg: WanConfig, layer: int, x: torch.Tensor, e0: torch.Tensor, frames: int,

@@ -157,7 +157,8 @@ class EchoCache(CachePolicy):
         n = len(self.slots) * s
         q_pos, k_pos = self._positions(layer, plan, k.device)
         keys, values = self.window.view(layer, n)
-        return AttentionInputs(q_pos, [KVSpan(keys, values, k_pos, self.decay.weights(layer, n))])
+        span = KVSpan(keys, values, k_pos, self.decay.weights(layer, n))
+        return self.reusable(layer, q_pos, span, (plan.own_rows,))
 
     def _commit(self, layer: int, plan: ChunkPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Bookkeeping of a clean (commit) pass: history, calibration, anchor source, recall statistics."""
@@ -238,6 +239,7 @@ class EchoCache(CachePolicy):
                    for t in per_layer.tensors())
 
     def release(self) -> None:
+        self.release_context()
         for part in self._parts():
             part.release()
         self.pool.entries.clear()
