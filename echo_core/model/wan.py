@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from echo_core.model import attention_backend
 from echo_core.model.attention_io import AttentionInputs, KVCache, KVSpan
 from echo_core.model.config import WanConfig
 from echo_core.model.rope import apply_rope, grid_positions, rope_cos_sin_cached
@@ -199,7 +200,7 @@ def _attend(q: torch.Tensor, inputs: AttentionInputs, head_dim: int, mask: torch
         values.append(v)
     k = keys[0] if len(keys) == 1 else torch.cat(keys, dim=2)
     v = values[0] if len(values) == 1 else torch.cat(values, dim=2)
-    return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+    return attention_backend.attend(q, k.to(q.dtype), v.to(q.dtype), mask)  # SDPA / sage / flash
 
 
 def _block(m: nn.Module, cfg: WanConfig, layer: int, x: torch.Tensor, e0: torch.Tensor, frames: int,
