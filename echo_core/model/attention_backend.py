@@ -11,9 +11,9 @@ they are: the sampler enters `use(SamplerConfig.attention)` around its model cal
     sage   SageAttention (INT8 Q/K, an approximation of exact attention); an error if it cannot run.
     flash  FlashAttention 2 (exact); an error if it cannot run.
 
-`recording()` counts which kernel served each call (benchmarks report it); while recording, SDPA calls are
-also marked with `record_function("echo_attention.sdpa")`, so a profile tells the SDPA kernel of the
-self-attention (flash / efficient / cuDNN / math) apart from that of the cross-attention.
+`recording()` counts which kernel served each call (benchmarks report it); while recording under the profiler,
+SDPA calls are also marked with `record_function("echo_attention.sdpa")`, so a profile tells the SDPA kernel of
+the self-attention (flash / efficient / cuDNN / math) apart from that of the cross-attention.
 """
 
 from __future__ import annotations
@@ -159,8 +159,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
             return out
     if counts is not None:
         counts["sdpa"] += 1
-        with torch.profiler.record_function(SDPA_RANGE):  # a few microseconds, and only while recording
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if torch.autograd._profiler_enabled():  # the range costs ~10 us: only while recording under a profiler
+            with torch.profiler.record_function(SDPA_RANGE):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
