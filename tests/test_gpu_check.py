@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "bench"))
 
 import gpu_check  # noqa: E402
-from gpu_check_report import results_stem  # noqa: E402
+from gpu_check_report import render_markdown, results_stem  # noqa: E402
 
 from echo_core.model import attention_backend  # noqa: E402
 from echo_core.timeline import parse_timeline  # noqa: E402
@@ -72,6 +72,13 @@ def test_cpu_run_writes_every_figure(tmp_path):
                    "## Numerics", "chunked cache vs block-causal full forward", "ComfyUI WanModel parity",
                    "## Targets", "## Failures", "4 video frames per latent frame"):
         assert needle in md, needle
+    # the same results as a GPU would give them, with a math fall-back and a failed row: both shown as failures
+    res["device"].update(type="cuda", name="NVIDIA H200", capability="9.0", total_memory_gib=139.8)
+    res["policies"][0]["attention"] = gpu_check.judge_attention({"sdpa": 5}, {"math": 5}, torch.device("cuda"))
+    res["policies"][1].update(error="OutOfMemoryError: CUDA out of memory")
+    md = render_markdown(res)
+    assert "| rolling |" in md and "FAIL: attention: self-attention fell back to math" in md
+    assert "FAIL: OutOfMemoryError" in md and "NVIDIA H200 (compute 9.0, 139.8 GiB)" in md
 
 
 def test_defaults_are_the_gpu_check():
