@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 
 from echo_core.cache.base import CachePolicy, CallInfo, ChunkInfo
+from echo_core.model import attention_backend
 
 # Returns one draw of standard normal noise of the given shape (on the CPU; the sampler moves it to the device).
 NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
@@ -37,6 +38,9 @@ class SamplerConfig:
     # Guidance only on steps at timesteps above this one (a guidance interval): guided steps settle the layout at
     # high noise; unguided low-noise steps keep colours from over-saturating.
     guidance_above: float = 0.0
+    # Self-attention kernel: "auto" (sageattention / flash_attn when installed and the inputs fit, else PyTorch
+    # SDPA), "sdpa", "sage" or "flash" (errors when that kernel cannot run). See model/attention_backend.py.
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.denoising_steps:
@@ -56,6 +60,7 @@ class SamplerConfig:
             raise ValueError(f"guidance_above must lie in [0, {self.num_train_timesteps}), got {self.guidance_above}")
         if not 0 <= self.context_noise < self.num_train_timesteps:
             raise ValueError(f"context_noise must lie in [0, {self.num_train_timesteps}), got {self.context_noise}")
+        attention_backend.check_name(self.attention)
 
     def renoise_target(self, x0: torch.Tensor, v: torch.Tensor, next_t: float,
                        draw: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -144,6 +149,10 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
         return texts[scene]
 
     def run(x: torch.Tensor, t: float, call: CallInfo, text: Any) -> torch.Tensor:
+        with attention_backend.use(config.attention):  # entered per call: never leaks past a yield
+            return _call(x, t, call, text)
+
+    def _call(x: torch.Tensor, t: float, call: CallInfo, text: Any) -> torch.Tensor:
         cache.begin_call(call)
         tt = torch.full((x.shape[0],), float(t), device=device)
         v = model.forward_chunk(x, tt, text[0], cache).float()

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from echo_core.model import attention_backend
 from echo_core.model.attention_io import AttentionInputs, ContextMemo, KVCache, KVSpan
 from echo_core.model.config import WanConfig
 from echo_core.model.rope import apply_rope, grid_positions, rope_cos_sin_cached
@@ -195,7 +196,7 @@ def _attend(q: torch.Tensor, inputs: AttentionInputs, head_dim: int, mask: torch
         pairs = [_rotated(span, head_dim) for span in inputs.spans]
         k = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=2)
         v = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=2)
-    return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+    return attention_backend.attend(q, k.to(q.dtype), v.to(q.dtype), mask)  # SDPA / sage / flash
 
 
 def _rotated(span: KVSpan, head_dim: int, rows: tuple[int, int] | None = None):
