@@ -1,0 +1,141 @@
+"""Workers as Ray actors: one per GPU (`num_gpus=1`) when the cluster has GPUs, else one per CPU slot; the model
+is loaded once per actor and tasks are streamed to whichever actor is free (`ray.wait`).
+
+A worker that dies (killed, out of memory, node lost) is restarted by Ray (`max_restarts`) and reloads its model;
+the task it was running comes back to the driver as a retryable failure. Ray is imported here only, so
+`echo_core` imports without it. `--ray local` starts a private cluster without the dashboard or usage reporting
+(nothing reaches the network) and shuts it down at the end; `--ray ADDRESS` joins a running cluster and ships
+this `echo_core` to it (`py_modules`), so every worker runs the driver's code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from echo_core.batch.settings import BatchSettings
+from echo_core.batch.tasks import BatchTask
+from echo_core.batch.worker import BatchWorker, TaskResult
+from echo_core.errors import EchoError, InputError
+
+MAX_RESTARTS = 3  # restarts of one actor before it is given up on (each task also has its own retry limit)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # echo_core/
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray", "Ray is not installed: `pip install ray`, or run without --ray") from None
+    return ray
+
+
+class RayPool:
+    def __init__(self, settings: BatchSettings, faults: str, *, address: str, workers: int | None) -> None:
+        ray = self.ray = _import_ray()
+        self.owns_ray = False
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
+            if address == "local":
+                # Workers are children of this process: put echo_core on their path without a runtime env upload.
+                root = str(PACKAGE_DIR.parent)
+                paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                if root not in paths:
+                    os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
+                ray.init(num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False,
+                         runtime_env={"py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__"]})
+            self.owns_ray = True
+        self.actors: list[Any] = []
+        self.inflight: dict[Any, tuple[int, BatchTask, int]] = {}
+        try:
+            self._start(settings, faults, address, workers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, settings: BatchSettings, faults: str, address: str, workers: int | None) -> None:
+        ray = self.ray
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if settings.device.startswith("cuda") and not gpus:
+            raise InputError("--device", f"{settings.device} asked for, but the Ray cluster has no GPU")
+        use_gpu = gpus > 0 and settings.device != "cpu" and not settings.is_toy  # the toy model runs on CPU
+        n = workers or (gpus if use_gpu else 1)
+        if use_gpu and address == "local" and n > gpus:
+            raise InputError("--workers", f"{n} workers need {n} GPUs (one each); this machine has {gpus}")
+        resources = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
+        actor = ray.remote(BatchWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=0, **resources)
+        self.actors = [actor.remote(settings, faults) for _ in range(n)]
+        try:
+            self.names = ray.get([a.ready.remote() for a in self.actors])  # model loaded everywhere
+        except ray.exceptions.RayError as e:
+            raise _user_error(e) or InputError("--ray", f"workers failed to start: {_first_line(e)}") from None
+        self.idle = list(range(n))
+        self.deaths = [0] * n
+        print(f"batch: {n} Ray worker(s): {', '.join(self.names)}", file=sys.stderr)
+
+    def free(self) -> int:
+        return len(self.idle)
+
+    def running(self) -> int:
+        return len(self.inflight)
+
+    def submit(self, task: BatchTask, attempt: int) -> None:
+        i = self.idle.pop(0)
+        self.inflight[self.actors[i].run.remote(task, attempt)] = (i, task, attempt)
+
+    def wait(self) -> list[TaskResult]:
+        """Results of the tasks that finished (at least one; short timeouts keep Ctrl-C responsive)."""
+        ready: list[Any] = []
+        while not ready:
+            ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
+        results = []
+        for ref in ready:
+            i, task, attempt = self.inflight.pop(ref)
+            try:
+                result = self.ray.get(ref)
+                self.deaths[i] = 0
+            except self.ray.exceptions.RayError as e:  # the worker died while running the task
+                self.deaths[i] += 1
+                result = TaskResult(task.line, attempt, False, retryable=True,
+                                    error=f"worker died ({type(e).__name__}): {_first_line(e)}")
+            if self.deaths[i] <= MAX_RESTARTS:  # Ray restarts it; calls wait until its model is loaded again
+                self.idle.append(i)
+            results.append(result)
+        return results
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors, self.inflight, self.idle = [], {}, []
+        if self.owns_ray:
+            self.ray.shutdown()
+            self.owns_ray = False
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _user_error(e: BaseException) -> EchoError | None:
+    """The EchoError a worker's constructor raised (a bad setting), found through Ray's wrappers."""
+    seen: set[int] = set()
+    stack: list[Any] = [e]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, EchoError):
+            return cur
+        stack += [getattr(cur, name, None) for name in ("cause", "base_exception", "__cause__", "error")]
+    return None
