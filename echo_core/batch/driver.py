@@ -35,9 +35,10 @@ class Pool(Protocol):
     """Where tasks run: in this process, or on Ray actors (ray_pool.RayPool)."""
 
     def free(self) -> int: ...  # tasks that can be submitted now
-    def running(self) -> int: ...
+    def running(self) -> int: ...  # tasks in flight
+    def recovering(self) -> int: ...  # workers that died and are coming back
     def submit(self, task: BatchTask, attempt: int) -> None: ...
-    def wait(self) -> list[TaskResult]: ...  # blocks until at least one submitted task has finished
+    def wait(self) -> list[TaskResult]: ...  # blocks until a task has finished or a worker is back
     def close(self) -> None: ...
 
 
@@ -53,6 +54,9 @@ class InProcessPool:
 
     def running(self) -> int:
         return 1 if self.pending else 0
+
+    def recovering(self) -> int:
+        return 0
 
     def submit(self, task: BatchTask, attempt: int) -> None:
         self.pending = (task, attempt)
@@ -133,7 +137,7 @@ def _schedule(todo: list[BatchTask], make_pool: Callable[[], Pool], retries: int
         while queue or pool.running():
             while queue and pool.free():
                 pool.submit(*queue.popleft())
-            if not pool.running():  # every worker is gone for good
+            if not pool.running() and not pool.recovering():  # every worker is gone for good
                 for task, attempt in queue:
                     record = _failed_record(task, "no worker left", attempt - 1, errors[task.line])
                     _finish(manifest, final, bar, record)

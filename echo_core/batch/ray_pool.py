@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from echo_core.batch.worker import BatchWorker, TaskResult
 from echo_core.errors import EchoError, InputError
 
 MAX_RESTARTS = 3  # restarts of one actor before it is given up on (each task also has its own retry limit)
+PROBE_TRIES = 100  # "are you back?" calls to a restarting worker (each waits for its model load, or 0.2 s)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # echo_core/
 
 
@@ -51,7 +53,9 @@ class RayPool:
                          runtime_env={"py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__"]})
             self.owns_ray = True
         self.actors: list[Any] = []
-        self.inflight: dict[Any, tuple[int, BatchTask, int]] = {}
+        self.inflight: dict[Any, tuple[int, BatchTask, int]] = {}  # task call -> (worker, task, attempt)
+        self.probes: dict[Any, tuple[int, int]] = {}  # ready() call to a restarting worker -> (worker, tries)
+        self.idle: list[int] = []
         try:
             self._start(settings, faults, address, workers)
         except BaseException:
@@ -84,29 +88,56 @@ class RayPool:
     def running(self) -> int:
         return len(self.inflight)
 
+    def recovering(self) -> int:
+        """Workers Ray is restarting after a death; they take tasks again once their model is loaded."""
+        return len(self.probes)
+
     def submit(self, task: BatchTask, attempt: int) -> None:
         i = self.idle.pop(0)
         self.inflight[self.actors[i].run.remote(task, attempt)] = (i, task, attempt)
 
     def wait(self) -> list[TaskResult]:
-        """Results of the tasks that finished (at least one; short timeouts keep Ctrl-C responsive)."""
-        ready: list[Any] = []
-        while not ready:
-            ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
-        results = []
-        for ref in ready:
-            i, task, attempt = self.inflight.pop(ref)
-            try:
-                result = self.ray.get(ref)
-                self.deaths[i] = 0
-            except self.ray.exceptions.RayError as e:  # the worker died while running the task
-                self.deaths[i] += 1
-                result = TaskResult(task.line, attempt, False, retryable=True,
-                                    error=f"worker died ({type(e).__name__}): {_first_line(e)}")
-            if self.deaths[i] <= MAX_RESTARTS:  # Ray restarts it; calls wait until its model is loaded again
-                self.idle.append(i)
-            results.append(result)
-        return results
+        """Results of finished tasks; returns early (maybe empty) when a restarted worker is free again. Short
+        timeouts keep Ctrl-C responsive."""
+        while self.inflight or self.probes:
+            ready, _ = self.ray.wait([*self.inflight, *self.probes], num_returns=1, timeout=0.5)
+            results, revived = [], False
+            for ref in ready:
+                if ref in self.probes:
+                    revived |= self._probed(ref)
+                    continue
+                i, task, attempt = self.inflight.pop(ref)
+                try:
+                    result = self.ray.get(ref)
+                    self.deaths[i] = 0
+                    self.idle.append(i)
+                except self.ray.exceptions.RayError as e:  # the worker died while running the task
+                    result = TaskResult(task.line, attempt, False, retryable=True,
+                                        error=f"worker died ({type(e).__name__}): {_first_line(e)}")
+                    self.deaths[i] += 1
+                    if self.deaths[i] <= MAX_RESTARTS:  # Ray restarts it: wait until it answers before reuse
+                        self._probe(i, 0)
+                results.append(result)
+            if results or revived:
+                return results
+        return []
+
+    def _probe(self, i: int, tries: int) -> None:
+        self.probes[self.actors[i].ready.remote()] = (i, tries)
+
+    def _probed(self, ref: Any) -> bool:
+        i, tries = self.probes.pop(ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.ActorDiedError:
+            return False  # restarts used up: the worker is gone
+        except self.ray.exceptions.RayError:
+            if tries < PROBE_TRIES:  # still restarting
+                time.sleep(0.2)
+                self._probe(i, tries + 1)
+            return False
+        self.idle.append(i)
+        return True
 
     def close(self) -> None:
         for a in self.actors:
@@ -114,7 +145,7 @@ class RayPool:
                 self.ray.kill(a, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self.actors, self.inflight, self.idle = [], {}, []
+        self.actors, self.inflight, self.probes, self.idle = [], {}, {}, []
         if self.owns_ray:
             self.ray.shutdown()
             self.owns_ray = False
