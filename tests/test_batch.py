@@ -224,34 +224,48 @@ def test_batch_runs_without_ray_installed(tmp_path):
     assert "pip install ray" in proc.stderr
 
 
-def test_killed_batch_resumes_without_regenerating(tmp_path):
-    """SIGKILL the whole batch (toy model, in-process) once some tasks are recorded; the rerun completes it."""
-    out = tmp_path / "out"
-    prompts = write_prompts(tmp_path / "p.txt", TOY_LINES[:8])
-    cmd = [sys.executable, "-m", "echo_core", "batch", "--no-progress", "--prompts", str(prompts), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _interrupt_after(cmd: list[str], out: Path, records: int, sig: signal.Signals) -> tuple[int, str]:
+    """Start the batch, send `sig` once the manifest holds `records` whole records; (exit status, stdout)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            path = out / "manifest.jsonl"
-            if path.exists() and len(path.read_text().splitlines()) >= 3:
+            if len(Manifest(out).load()) >= records:
                 break
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.send_signal(sig)
+        stdout, _ = proc.communicate(timeout=60)
+    return proc.returncode, stdout
+
+
+def test_interrupted_and_killed_batch_resumes_without_regenerating(tmp_path):
+    """Toy model, in-process: Ctrl-C once two tasks are recorded, then SIGKILL two tasks later; the third run
+    completes the batch, generating each remaining task once and touching none of the finished ones."""
+    out = tmp_path / "out"
+    prompts = write_prompts(tmp_path / "p.txt", TOY_LINES[:8])
+    cmd = [sys.executable, "-m", "echo_core", "batch", "--no-progress", "--prompts", str(prompts), "--out", str(out)]
+    rc, stdout = _interrupt_after(cmd, out, 2, signal.SIGINT)
+    assert rc == 130 and json.loads(stdout.splitlines()[-1])["interrupted"]
+    first = manifest(out)  # rewritten on the way out: finished tasks only
+    assert 2 <= len(first) < 8 and all(r["status"] == "ok" for r in first) and not partial_files(out)
+
+    rc, _ = _interrupt_after(cmd, out, len(first) + 2, signal.SIGKILL)
+    assert rc == -signal.SIGKILL
     done = {r["line"]: r for r in Manifest(out).load().values() if r["status"] == "ok"}
-    assert 3 <= len(done) < 8, "the batch finished before it was killed; give it more lines"
-    stamps = {n: (out / r["outputs"]["latents"]).stat().st_ino for n, r in done.items()}
+    assert len(first) + 2 <= len(done) < 8, "the batch finished before it was killed; give it more lines"
+    inodes = {n: (out / r["outputs"]["latents"]).stat().st_ino for n, r in done.items()}
     with open(out / "manifest.jsonl", "a") as f:
         f.write('{"line": 8, "status": "ok", "outp')  # as if killed while appending a record
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                           text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout.splitlines()[-1])
     assert summary["skipped"] == len(done) and summary["generated"] == 8 - len(done)  # none generated twice
     records = assert_complete(out, 8)
-    assert all((out / records[n - 1]["outputs"]["latents"]).stat().st_ino == ino for n, ino in stamps.items())
+    assert all((out / records[n - 1]["outputs"]["latents"]).stat().st_ino == ino for n, ino in inodes.items())
     assert all((out / r["outputs"]["video"]).stat().st_size > 0 for r in records)
 
 

@@ -122,12 +122,12 @@ def run_batch_command(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_from_args(args)
     tasks = read_prompt_file(args.prompts, args.seed)
 
-    def make_pool() -> Any:
+    def make_pool(tasks_to_run: int) -> Any:
         if args.ray is None:
             return InProcessPool(settings, faults)
         from echo_core.batch.ray_pool import RayPool
 
-        return RayPool(settings, faults, address=args.ray, workers=args.workers)
+        return RayPool(settings, faults, address=args.ray, workers=args.workers, max_workers=tasks_to_run)
 
     summary = run_batch(settings, tasks, args.out, make_pool, retries=args.retries, progress=not args.no_progress)
     print(json.dumps(summary.to_dict()))

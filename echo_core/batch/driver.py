@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -88,7 +90,7 @@ class BatchSummary:
         return asdict(self)
 
 
-def run_batch(settings: BatchSettings, tasks: list[BatchTask], out: Path, make_pool: Callable[[], Pool], *,
+def run_batch(settings: BatchSettings, tasks: list[BatchTask], out: Path, make_pool: Callable[[int], Pool], *,
               retries: int = 2, progress: bool = True) -> BatchSummary:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -112,27 +114,28 @@ def run_batch(settings: BatchSettings, tasks: list[BatchTask], out: Path, make_p
                 todo.append(task)
         skipped = sum(1 for r in final.values() if r["status"] == OK)
         bar = _progress(len(tasks), len(final), progress)
-        interrupted = False
+        stop = _Interrupt()
         try:
-            if todo:
-                _schedule(todo, make_pool, retries, settings, out, manifest, final, bar)
+            with stop:
+                if todo:
+                    _schedule(todo, make_pool, retries, settings, out, manifest, final, bar, stop)
         except KeyboardInterrupt:
-            interrupted = True
+            stop.seen = True
         finally:
             bar.close()
             manifest.compact(final.values())
     ok = sum(1 for r in final.values() if r["status"] == OK)
     return BatchSummary(str(out), len(tasks), ok, sum(1 for r in final.values() if r["status"] == FAILED),
-                        skipped, ok - skipped, interrupted, round(time.perf_counter() - t0, 2))
+                        skipped, ok - skipped, stop.seen, round(time.perf_counter() - t0, 2))
 
 
-def _schedule(todo: list[BatchTask], make_pool: Callable[[], Pool], retries: int, settings: BatchSettings,
-              out: Path, manifest: Manifest, final: dict[int, dict[str, Any]], bar: Any) -> None:
+def _schedule(todo: list[BatchTask], make_pool: Callable[[int], Pool], retries: int, settings: BatchSettings,
+              out: Path, manifest: Manifest, final: dict[int, dict[str, Any]], bar: Any, stop: _Interrupt) -> None:
     fingerprint = settings.fingerprint()
     errors: dict[int, list[str]] = {t.line: [] for t in todo}
     queue = deque((t, 1) for t in todo)
     by_line = {t.line: t for t in todo}
-    pool = make_pool()
+    pool = make_pool(len(todo))  # no more workers (model loads) than tasks
     try:
         while queue or pool.running():
             while queue and pool.free():
@@ -145,6 +148,8 @@ def _schedule(todo: list[BatchTask], make_pool: Callable[[], Pool], retries: int
             _status(bar, final, pool.running())
             for r in pool.wait():
                 task = by_line[r.line]
+                if not r.ok and stop.seen:
+                    continue  # broken by the interrupt: neither retried nor recorded
                 if not r.ok:
                     errors[r.line].append(r.error or "unknown error")
                     if r.retryable and r.attempt <= retries:
@@ -155,13 +160,15 @@ def _schedule(todo: list[BatchTask], make_pool: Callable[[], Pool], retries: int
                 else:
                     record = _write_outputs(out, task, r, settings, fingerprint, errors[r.line])
                 _finish(manifest, final, bar, record)
+            if stop.seen:  # a library may have turned Ctrl-C into another error; stop all the same
+                raise KeyboardInterrupt
     finally:
         pool.close()
 
 
 def _finish(manifest: Manifest, final: dict[int, dict[str, Any]], bar: Any, record: dict[str, Any]) -> None:
+    final[record["line"]] = record  # first: an interrupt during the append still finds it in the rewritten manifest
     manifest.append(record)
-    final[record["line"]] = record
     bar.update(1)
 
 
@@ -196,6 +203,30 @@ def _failed_record(task: BatchTask, error: str, attempts: int, earlier_errors: l
 
 def _comparable(record: dict[str, Any] | None) -> Any:
     return None if record is None else (record.get("status"), record.get("prompt"), record.get("error"))
+
+
+class _Interrupt:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: an interrupt that a library turned into
+    another error (the task would look like a crash to retry) still stops the batch at the next result."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous: Any = None
+
+    def __enter__(self) -> "_Interrupt":
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a batch started with nohup stays immune
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 @contextmanager

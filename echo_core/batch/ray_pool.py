@@ -35,7 +35,8 @@ def _import_ray() -> Any:
 
 
 class RayPool:
-    def __init__(self, settings: BatchSettings, faults: str, *, address: str, workers: int | None) -> None:
+    def __init__(self, settings: BatchSettings, faults: str, *, address: str, workers: int | None,
+                 max_workers: int | None = None) -> None:
         ray = self.ray = _import_ray()
         self.owns_ray = False
         if not ray.is_initialized():
@@ -49,20 +50,25 @@ class RayPool:
                 ray.init(num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             else:
-                ray.init(address=address, log_to_driver=False, configure_logging=False,
-                         runtime_env={"py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__"]})
+                try:
+                    ray.init(address=address, log_to_driver=False, configure_logging=False,
+                             runtime_env={"py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__"]})
+                except (ConnectionError, ValueError, RuntimeError) as e:
+                    raise InputError("--ray", f"cannot join the Ray cluster at {address!r}: {_first_line(e)} "
+                                              "(start one with `ray start --head`, or use --ray local)") from None
             self.owns_ray = True
         self.actors: list[Any] = []
         self.inflight: dict[Any, tuple[int, BatchTask, int]] = {}  # task call -> (worker, task, attempt)
         self.probes: dict[Any, tuple[int, int]] = {}  # ready() call to a restarting worker -> (worker, tries)
         self.idle: list[int] = []
         try:
-            self._start(settings, faults, address, workers)
+            self._start(settings, faults, address, workers, max_workers)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, settings: BatchSettings, faults: str, address: str, workers: int | None) -> None:
+    def _start(self, settings: BatchSettings, faults: str, address: str, workers: int | None,
+               max_workers: int | None) -> None:
         ray = self.ray
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if settings.device.startswith("cuda") and not gpus:
@@ -71,6 +77,7 @@ class RayPool:
         n = workers or (gpus if use_gpu else 1)
         if use_gpu and address == "local" and n > gpus:
             raise InputError("--workers", f"{n} workers need {n} GPUs (one each); this machine has {gpus}")
+        n = min(n, max_workers or n)
         resources = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
         actor = ray.remote(BatchWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=0, **resources)
         self.actors = [actor.remote(settings, faults) for _ in range(n)]
