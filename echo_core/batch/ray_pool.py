@@ -47,7 +47,8 @@ class RayPool:
                 paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
                 if root not in paths:
                     os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
-                ray.init(num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False,
+                # address="local": always a new private cluster, never one that `ray start` runs on this machine
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             else:
                 try:
