@@ -93,6 +93,11 @@ def settings_from_args(args: argparse.Namespace) -> BatchSettings:
             raise InputError("--memory-config", f"cannot read {args.memory_config}: {e.strerror}") from None
         except EchoError as e:
             raise e.relabel("--memory-config") from None
+    for flag, value in (("--width", args.width), ("--height", args.height)):
+        if value is not None and (value < 16 or value % 16):
+            raise InputError(flag, f"must be a positive multiple of 16, got {value}")
+    if args.frames_per_chunk is not None and args.frames_per_chunk < 1:
+        raise InputError("--frames-per-chunk", f"must be >= 1, got {args.frames_per_chunk}")
     if not 1 <= args.scale <= 16:
         raise InputError("--scale", f"must be between 1 and 16, got {args.scale}")
     if args.device != "auto" and args.device != "cpu" and not args.device.startswith("cuda"):

@@ -49,6 +49,8 @@ class InProcessPool:
 
     def __init__(self, settings: BatchSettings, faults: str = "") -> None:
         self.worker = BatchWorker(settings, faults)
+        if self.worker.load_error is not None:
+            raise self.worker.load_error
         self.pending: tuple[BatchTask, int] | None = None
 
     def free(self) -> int:

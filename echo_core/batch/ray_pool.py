@@ -19,7 +19,7 @@ from typing import Any
 from echo_core.batch.settings import BatchSettings
 from echo_core.batch.tasks import BatchTask
 from echo_core.batch.worker import BatchWorker, TaskResult
-from echo_core.errors import EchoError, InputError
+from echo_core.errors import InputError
 
 MAX_RESTARTS = 3  # restarts of one actor before it is given up on (each task also has its own retry limit)
 PROBE_TRIES = 100  # "are you back?" calls to a restarting worker (each waits for its model load, or 0.2 s)
@@ -83,9 +83,13 @@ class RayPool:
         actor = ray.remote(BatchWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=0, **resources)
         self.actors = [actor.remote(settings, faults) for _ in range(n)]
         try:
-            self.names = ray.get([a.ready.remote() for a in self.actors])  # model loaded everywhere
+            infos = ray.get([a.ready.remote() for a in self.actors])  # model loaded everywhere
         except ray.exceptions.RayError as e:
-            raise _user_error(e) or InputError("--ray", f"workers failed to start: {_first_line(e)}") from None
+            raise InputError("--ray", f"workers failed to start: {_first_line(e)}") from None
+        errors = [info["error"] for info in infos if info["error"]]
+        if errors:
+            raise InputError(*errors[0])  # a bad setting (size, checkpoint, steps) as the in-process run names it
+        self.names = [info["worker"] for info in infos]
         self.idle = list(range(n))
         self.deaths = [0] * n
         print(f"batch: {n} Ray worker(s): {', '.join(self.names)}", file=sys.stderr)
@@ -163,18 +167,3 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     text = lines[0] if lines else type(e).__name__
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _user_error(e: BaseException) -> EchoError | None:
-    """The EchoError a worker's constructor raised (a bad setting), found through Ray's wrappers."""
-    seen: set[int] = set()
-    stack: list[Any] = [e]
-    while stack:
-        cur = stack.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, EchoError):
-            return cur
-        stack += [getattr(cur, name, None) for name in ("cause", "base_exception", "__cause__", "error")]
-    return None

@@ -54,16 +54,24 @@ class BatchWorker:
         self.faults = parse_faults(faults)
         self.device = "cpu" if settings.is_toy else resolve_device(settings.device)  # the toy model runs on CPU
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.backend = ToyBackend(settings) if settings.is_toy else WanBackend(settings, self.device)
+        self.load_error: EchoError | None = None
+        try:
+            self.backend: ToyBackend | WanBackend = (ToyBackend(settings) if settings.is_toy
+                                                     else WanBackend(settings, self.device))
+        except EchoError as e:  # a bad setting: kept for ready(), since Ray cannot carry an EchoError across
+            self.load_error = e
 
-    def ready(self) -> str:
-        """Returns once the model is loaded (Ray: raises the load error here)."""
-        return f"{self.name} on {self.device}"
+    def ready(self) -> dict[str, Any]:
+        """Answers once the model is loaded: the worker's name, and the user error that stopped the load."""
+        e = self.load_error
+        return {"worker": f"{self.name} on {self.device}", "error": None if e is None else [e.field, e.detail]}
 
     def run(self, task: BatchTask, attempt: int = 1) -> TaskResult:
         t0 = time.perf_counter()
         base = TaskResult(task.line, attempt, False, device=self.device, worker=self.name)
         cuda = self.device.startswith("cuda")
+        if self.load_error is not None:
+            return replace(base, error=str(self.load_error))
         try:
             self._inject_fault(task.line, attempt)
             if cuda:
