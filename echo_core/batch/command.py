@@ -47,6 +47,8 @@ def add_batch_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="length of a line whose scenes do not all have a duration, in latent frames")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", default="auto", help="auto (CUDA where a worker has a GPU), cpu, cuda, cuda:N")
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="torch CPU threads per worker (default 1); CPU results depend on it, so it is kept per batch")
     p.add_argument("--scale", type=int, default=4, help="toy model: pixel upscaling of the MP4 (default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_batch_command)
@@ -98,6 +100,8 @@ def settings_from_args(args: argparse.Namespace) -> BatchSettings:
             raise InputError(flag, f"must be a positive multiple of 16, got {value}")
     if args.frames_per_chunk is not None and args.frames_per_chunk < 1:
         raise InputError("--frames-per-chunk", f"must be >= 1, got {args.frames_per_chunk}")
+    if args.cpu_threads < 1:
+        raise InputError("--cpu-threads", f"must be >= 1, got {args.cpu_threads}")
     if not 1 <= args.scale <= 16:
         raise InputError("--scale", f"must be between 1 and 16, got {args.scale}")
     if args.device != "auto" and args.device != "cpu" and not args.device.startswith("cuda"):
@@ -108,7 +112,8 @@ def settings_from_args(args: argparse.Namespace) -> BatchSettings:
         text_embeds=str(args.text_embeds.resolve()) if args.text_embeds else None, memory=args.memory,
         memory_config=memory_config, steps=steps, height=args.height, width=args.width,
         frames_per_chunk=args.frames_per_chunk, dtype=args.dtype, device=args.device,
-        total_latent_frames=args.total_latent_frames, video_scale=args.scale, base_seed=args.seed)
+        total_latent_frames=args.total_latent_frames, video_scale=args.scale, cpu_threads=args.cpu_threads,
+        base_seed=args.seed)
 
 
 def run_batch_command(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+import torch
+
 from echo_core.batch.manifest import FAILED, OK, Manifest, incomplete_reason
 from echo_core.batch.outputs import describe_file, remove_partials, write_bytes_atomic, write_json_atomic
 from echo_core.batch.settings import BatchSettings
@@ -48,10 +50,12 @@ class InProcessPool:
     """One worker in this process: tasks run one by one, inside `wait`."""
 
     def __init__(self, settings: BatchSettings, faults: str = "") -> None:
+        self.threads = torch.get_num_threads()  # the worker sets the batch's own; given back on close
+        self.pending: tuple[BatchTask, int] | None = None
         self.worker = BatchWorker(settings, faults)
         if self.worker.load_error is not None:
+            self.close()
             raise self.worker.load_error
-        self.pending: tuple[BatchTask, int] | None = None
 
     def free(self) -> int:
         return 0 if self.pending else 1
@@ -75,6 +79,7 @@ class InProcessPool:
 
     def close(self) -> None:
         self.pending = None
+        torch.set_num_threads(self.threads)
 
 
 @dataclass

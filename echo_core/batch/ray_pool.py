@@ -48,7 +48,8 @@ class RayPool:
                 if root not in paths:
                     os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
                 # address="local": always a new private cluster, never one that `ray start` runs on this machine
-                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False,
+                cpus = max(os.cpu_count() or 1, (workers or 1) * settings.cpu_threads)  # never fewer than asked
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             else:
                 try:
@@ -79,7 +80,8 @@ class RayPool:
         if use_gpu and address == "local" and n > gpus:
             raise InputError("--workers", f"{n} workers need {n} GPUs (one each); this machine has {gpus}")
         n = min(n, max_workers or n)
-        resources = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
+        # A CPU worker reserves the cores its threads use (--cpu-threads), so Ray does not pack more on a machine
+        resources = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": settings.cpu_threads}
         actor = ray.remote(BatchWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=0, **resources)
         self.actors = [actor.remote(settings, faults) for _ in range(n)]
         try:

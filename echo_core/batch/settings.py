@@ -39,6 +39,9 @@ class BatchSettings:
     device: str = "auto"  # "auto": CUDA where the worker has a GPU, else CPU
     total_latent_frames: int = OFFICIAL_TOTAL_LATENT_FRAMES
     video_scale: int = 4  # toy model: nearest-neighbour upscaling of the written MP4
+    # torch's CPU threads in every worker: CPU matmuls sum in a thread-count-dependent order (the toy model's
+    # multi-scene videos differ between 1 and 2 threads), so it is a setting like any other, not the machine's
+    cpu_threads: int = 1
     base_seed: int = 0
 
     @property

@@ -52,6 +52,7 @@ class BatchWorker:
     def __init__(self, settings: BatchSettings, faults: str = "") -> None:
         self.settings = settings
         self.faults = parse_faults(faults)
+        torch.set_num_threads(settings.cpu_threads)  # part of the settings: the result depends on it on CPU
         self.device = "cpu" if settings.is_toy else resolve_device(settings.device)  # the toy model runs on CPU
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.load_error: EchoError | None = None
