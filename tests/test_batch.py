@@ -204,6 +204,36 @@ def test_rerun_regenerates_only_incomplete_outputs(tmp_path, one_thread):
     assert all(torch.equal(before[n], latents(out, n)) for n in range(1, 5))
 
 
+def test_checkpoint_task_equals_generate_with_the_task_seed(tmp_path, one_thread):
+    """--checkpoint + --text-embeds (a folder, one file per line): each task is what `generate` gives for that
+    line with the task's seed."""
+    from safetensors.torch import save_file
+
+    from echo_core.model.config import get_preset
+    from echo_core.model.wan import CausalWanModel
+
+    torch.manual_seed(0)
+    model = CausalWanModel(get_preset("tiny"))
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    (emb := tmp_path / "emb").mkdir()
+    g = torch.Generator().manual_seed(1)
+    lines = ["a fox [1s#] | a bird [1s]", "", "a cat [1s] | a dog [1s]"]
+    files = {n: emb / f"line-000{n}.safetensors" for n in (1, 3)}  # line 2 is blank: no task, no file
+    for path in files.values():
+        save_file({f"context.{i}": torch.randn(5, 32, generator=g) for i in range(2)}, str(path))
+    common = ["--checkpoint", str(ckpt), "--steps", "1000,500", "--height", "64", "--width", "64", "--memory", "echo"]
+    out = tmp_path / "out"
+    assert batch("--prompts", str(write_prompts(tmp_path / "p.txt", lines)), "--out", str(out), "--text-embeds",
+                 str(emb), *common) == 0
+    for n in (1, 3):
+        single = tmp_path / f"g{n}.safetensors"
+        assert main(["generate", *common, "--timeline", lines[n - 1], "--text-embeds", str(files[n]),
+                     "--seed", str(task_seed(0, n)), "--out", str(single)]) == 0
+        assert torch.equal(latents(out, n), load_file(str(single))["latents"])
+    assert not (out / "line-0001" / "video.mp4").exists()  # no decoder: latents and report only
+
+
 def test_user_errors_exit_2(tmp_path, capsys):
     prompts = write_prompts(tmp_path / "p.txt", ["a fox [1s]"])
     out = str(tmp_path / "out")

@@ -193,15 +193,17 @@ class WanBackend:
     def generate(self, task: BatchTask) -> tuple[torch.Tensor, None, dict[str, Any], dict[str, Any]]:
         from echo_core import cli
         from echo_core.run import RunInputs, start_run
+        from echo_core.timeline import TimelineError, parse_timeline
 
         s = self.settings
-        ns = argparse.Namespace(prompt=None, timeline=task.text, timeline_file=None,
-                                total_latent_frames=s.total_latent_frames, preset=self.settings.model != "checkpoint",
-                                text_embeds=text_embeds_file(s, task.line))
+        try:
+            timeline = parse_timeline(task.text, frames_per_chunk=self.fpc, total_latent_frames=s.total_latent_frames)
+        except TimelineError as e:
+            raise e.relabel("--total-latent-frames" if e.field == "total_latent_frames" else "timeline") from None
+        ns = argparse.Namespace(preset=s.model != "checkpoint", text_embeds=text_embeds_file(s, task.line))
         if ns.text_embeds is not None and not ns.text_embeds.is_file():
             raise InputError("--text-embeds", f"no embeddings for line {task.line}: {ns.text_embeds} not found")
-        timeline = cli._timeline(ns, self.fpc)
-        contexts = cli._contexts(ns, timeline, self.cfg)
+        contexts = cli._contexts(ns, timeline, self.cfg)  # generate's reading and checks of --text-embeds files
         inputs = RunInputs(timeline, tuple(contexts), (self.cfg.in_dim, self.height // 8, self.width // 8),
                            seed=task.seed, sampler=self.sampler, patch=tuple(self.cfg.patch_size[1:]),
                            routing_features=cli._routing_features(ns, contexts, self.cfg), device=self.device)
