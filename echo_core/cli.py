@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_demo_parser(sub)
+    from echo_core.batch.command import add_batch_parser  # batch generation (Ray only if --ray is given)
+
+    add_batch_parser(sub)
     return parser
 
 
