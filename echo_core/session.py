@@ -163,24 +163,33 @@ class MemorySpec:
         return EchoConfig(memory=memory, recall_frames=recall_frames, routing=routing, **modes)
 
     def budget(self, cfg: WanConfig, height: int, width: int, frames_per_chunk: int = 3,
-               bytes_per_value: int = 2) -> dict[str, Any]:
-        """K/V held while a chunk is generated: window frames x tokens per frame x layers x (K and V)."""
+               bytes_per_value: int = 2, kv_dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """Bytes this memory will hold for `cfg` at `width` x `height` (echo_core.budget, one formula): on the GPU
+        per component (`gpu_mb`, `gpu_components_mb`; `cache_mb` is the attention window alone) and on the host
+        per pooled scene. `kv_dtype` (default from `bytes_per_value`: 2 bf16, 4 fp32) is the model's compute
+        dtype."""
+        dtype = kv_dtype or {4: torch.float32, 2: torch.bfloat16}.get(bytes_per_value, torch.bfloat16)
         tokens_per_frame = cfg.tokens_per_frame(height // 8, width // 8)
-        if self.policy == "echo":
-            frames: int | None = self.window_frames(frames_per_chunk)
-        elif self.policy == "rolling":
-            frames = 21
-        else:
-            frames = None  # grows with the video
-        per_frame = 2 * cfg.num_layers * tokens_per_frame * cfg.dim * bytes_per_value
+        per_frame = 2 * cfg.num_layers * tokens_per_frame * cfg.dim * torch.empty((), dtype=dtype).element_size()
         out: dict[str, Any] = {"policy": self.policy, "tokens_per_frame": tokens_per_frame,
                                "mb_per_frame": round(per_frame / 2**20, 2)}
-        if frames is not None:
-            out.update(window_frames=frames, cache_tokens=frames * tokens_per_frame,
-                       cache_mb=round(frames * per_frame / 2**20, 1))
-        if self.policy == "echo":  # one fused recall frame per finished scene, at most pool_max_size scenes
-            out["pool_mb_per_scene"] = round(per_frame / 2**20, 2)
+        if self.policy == "full":  # grows with the video: per frame only
+            out["gpu_mb_per_latent_frame"] = out["mb_per_frame"]
+            return out
+        from echo_core.budget import policy_budget
+
+        policy = self.echo_config(frames_per_chunk) if self.policy == "echo" else self.policy
+        b = policy_budget(cfg, height, width, frames_per_chunk, policy, kv_dtype=dtype)
+        mb = 2.0**20
+        out.update(window_frames=b.window_frames, cache_tokens=b.window_frames * tokens_per_frame,  # type: ignore
+                   cache_mb=round(b.window_bytes / mb, 1), gpu_mb=round(b.gpu_bytes / mb, 1),
+                   gpu_components_mb={k: round(v / mb, 2) for k, v in b.gpu.items()},
+                   kv_dtype=b.kv_dtype, gpu_bytes=b.gpu_bytes)
+        if self.policy == "echo":  # finished scenes, on the host (CPU RAM), at most pool_max_size of them
+            out["pool_mb_per_scene"] = round(b.pool_bytes_per_scene / mb, 2)
             out["pool_max_scenes"] = self.pool_max_size
+            out["host_max_mb"] = round(b.host_bytes() / mb, 1)
+            out["pool_bytes_per_scene"] = b.pool_bytes_per_scene
         return out
 
 

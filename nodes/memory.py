@@ -17,6 +17,7 @@ from echo_core.session import MemorySpec, with_decay
 
 from . import types
 from ._host import ARModel, NodeInputError
+from .checks import budget_line, model_kv_dtype
 
 DEFAULT_DECAY = DecayConfig()  # smooth transition's official values
 
@@ -79,13 +80,11 @@ class SceneMemoryCache(io.ComfyNode):
             if policy == "echo":
                 spec.echo_config(fpc)  # validates the layout now rather than at sampling time
             cfg = budget_model.config if budget_model is not None else get_preset("wan2.1-t2v-1.3b")
-            budget = spec.budget(cfg, budget_height, budget_width, fpc)
+            budget = spec.budget(cfg, budget_height, budget_width, fpc, kv_dtype=model_kv_dtype(budget_model))
         except EchoError as e:
             raise _fail(e) from None
         text = json.dumps(budget)
-        shown = (f"{budget.get('window_frames', 'all')} frames x {budget['tokens_per_frame']} tokens = "
-                 f"{budget.get('cache_tokens', 'unbounded')} tokens, {budget.get('cache_mb', '?')} MB K/V at "
-                 f"{budget_width}x{budget_height}")
+        shown = budget_line(budget, budget_width, budget_height)
         return io.NodeOutput(spec, text, ui={"text": [shown]})
 
 
