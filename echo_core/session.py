@@ -20,7 +20,7 @@ from echo_core.config import (
     RopeJumpConfig,
     RoutingConfig,
 )
-from echo_core.errors import SpecError
+from echo_core.errors import SpecError, quote
 from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.model.config import WanConfig
 from echo_core.routing import filter_common_tokens
@@ -228,6 +228,7 @@ class RunPlan:
     latent_shape: tuple[int, int, int]
     frames_per_chunk: int
     patch: tuple[int, int] = (2, 2)
+    spatial_compression: int = 8
 
     @property
     def total_chunks(self) -> int:
@@ -238,12 +239,15 @@ class RunPlan:
         """The run's inputs for `echo_core.run.start_run`."""
         return RunInputs(self.timeline, tuple(spec.contexts), self.latent_shape, seed=seed, sampler=sampler,
                          patch=self.patch, routing_features=spec.routing_contexts or None,
-                         start_latents=start_latents, device=device)
+                         start_latents=start_latents, device=device, spatial_compression=self.spatial_compression)
 
 
 def plan_run(timeline: TimelineSpec, cfg: WanConfig, frames_per_chunk: int, height: int, width: int,
              spatial_compression: int = 8) -> RunPlan:
     step = spatial_compression * cfg.patch_size[1]
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < step:
+            raise SpecError(name, f"must be a whole number of pixels >= {step}, got {quote(value)}")
     if height % step or width % step:
         raise SpecError("width" if width % step else "height",
                         f"width and height must be multiples of {step}, got {width}x{height}")
@@ -251,4 +255,4 @@ def plan_run(timeline: TimelineSpec, cfg: WanConfig, frames_per_chunk: int, heig
         raise SpecError("timeline", "the timeline has no text embeddings for its scenes; connect a text encoder")
     return RunPlan(timeline.schedule(frames_per_chunk),
                    (cfg.in_dim, height // spatial_compression, width // spatial_compression), frames_per_chunk,
-                   (int(cfg.patch_size[1]), int(cfg.patch_size[2])))
+                   (int(cfg.patch_size[1]), int(cfg.patch_size[2])), spatial_compression)

@@ -82,3 +82,58 @@ def model_kv_dtype(model: Any) -> Any:
     from echo_core.preflight import kv_dtype_of
 
     return kv_dtype_of(getattr(model.patcher, "model", None))
+
+
+# Core field -> the sampler input through which the user sets it.
+_SAMPLER_FIELDS = {"memory.frames_per_chunk": "frames_per_chunk", "routing": "timeline", "scene": "timeline",
+                   "fps": "timeline", "clip": "timeline", "start_latents": "start_latent"}
+
+
+def node_error(e: EchoError) -> NodeInputError:
+    """A core error re-homed under the sampler input the user can change."""
+    field = _SAMPLER_FIELDS.get(e.field, "memory" if e.field.startswith(("memory.", "recall", "smooth.", "hardcut."))
+                                else e.field or "model")
+    detail = e.detail if field == e.field or e.field in ("fps", "clip") else f"{e.detail} ({e.field})"
+    if e.field == "scene":
+        detail = f"{e.detail} (Recall Scene node, input 'scene')"
+    return NodeInputError(field, detail)
+
+
+# EchoConfig paths -> Scene Memory Cache inputs.
+_MEMORY_FIELDS = {"memory.anchor_frames": "anchor_frames", "memory.compressed_frames": "compressed_frames",
+                  "memory.recent_frames": "recent_frames", "memory.rope_position_mode": "rope_position_mode",
+                  "memory.compressed_keep_origin_positions": "keep_origin_positions",
+                  "recall_frames.mode": "compression_mode", "recall_frames.pool_max_size": "recall_pool_size",
+                  "hardcut.rope_jump.value": "hardcut_rope_jump", "recall.rope_jump.max_value": "recall_rope_jump_max",
+                  "recall.rope_jump.min_value": "recall_rope_jump_max"}
+
+
+def memory_error(e: EchoError, window: int) -> NodeInputError:
+    """A Scene Memory Cache / Decay Settings error under the node input to change (the layout's derived fields,
+    window_frames and rolling_cycle, are explained in terms of the inputs)."""
+    if e.field in ("memory.rolling_cycle", "memory.window_frames", "memory.frames_per_chunk"):
+        return NodeInputError("recent_frames", f"the window (anchor + compressed + recent frames + the chunk) holds "
+                                               f"{window} latent frames; {e.detail}. Raise recent_frames so that the "
+                                               "window holds at least the 12-frame anchor period")
+    field = _MEMORY_FIELDS.get(e.field) or e.field.split(".")[-1] or "memory"
+    return NodeInputError(field, e.detail)
+
+
+def memory_choices(policy: Any, compression_mode: Any, rope_position_mode: Any) -> None:
+    choice("policy", policy, ("echo", "rolling", "full"))
+    choice("compression_mode", compression_mode, ("score_weighted", "token_select"))
+    choice("rope_position_mode", rope_position_mode, ("local", "tail"))
+
+
+def loader_inputs(weight_dtype: Any, frames_per_chunk_value: Any, lora_strength: Any, dtypes: Sequence[str],
+                  frames: Sequence[str]) -> int:
+    """Load AR Video Model's choices; returns frames per chunk (0 = auto)."""
+    choice("weight_dtype", weight_dtype, dtypes)
+    number("lora_strength", lora_strength, -4.0, 4.0)
+    return frames_per_chunk(frames_per_chunk_value, frames, 0)
+
+
+def recall_inputs(source: Any, routing: Any, threshold: Any) -> None:
+    choice("source", source, ("auto", "scene number"))
+    choice("routing", routing, ("similarity", "idf"))
+    number("threshold", threshold, 0.0, 1.0)

@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping
 
 # One import identity for the core, as every node file has: the plugin's __init__ puts the repository root on
 # sys.path, so `echo_core` here is the same module (and TimelineError the same class) the sampler raises.
-from echo_core.timeline import TimelineError, parse_timeline
+from echo_core.errors import quote
+from echo_core.timeline import TimelineError, TransitionMode, parse_timeline
 
 ROUTE = "/echo_forcing/timeline"
 MAX_TEXT_CHARS = 100_000  # a timeline is a few lines; this only stops absurd requests early
@@ -47,7 +48,7 @@ def _option(name: str, value: Any) -> Any:
     try:
         return _OPTIONS[name](value.strip())
     except ValueError:
-        raise TimelineError(f"{name} must be a number, got {value!r}", field=name) from None
+        raise TimelineError(f"{name} must be a number, got {quote(value)}", field=name) from None
 
 
 def timeline_response(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -67,7 +68,11 @@ def timeline_response(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         kwargs = {k: _option(k, v) for k, v in params.items() if k in _OPTIONS and v is not None}
         return 200, parse_timeline(text, **kwargs).to_dict()
     except TimelineError as e:
-        return 200, _error(str(e), field=e.field, scene_index=e.scene_index, column=e.column)
+        field = e.field
+        if field == "mode":  # the parser checks both choices at once; name the request field that is wrong
+            modes = [m.value for m in TransitionMode]
+            field = "default_mode" if params.get("default_mode", "smooth") not in modes else "marker_semantics"
+        return 200, _error(str(e), field=field, scene_index=e.scene_index, column=e.column)
 
 
 async def handle_timeline(request: Any) -> Any:
