@@ -89,7 +89,8 @@ def _check_args(args: argparse.Namespace) -> None:
         if value is not None and (value < 16 or value % 16):
             raise CliError(flag, f"must be a positive multiple of 16, got {value}")
     if args.frames_per_chunk is not None and args.frames_per_chunk < 1:
-        raise CliError("--frames-per-chunk", f"must be 3 (chunk-wise models) or 1 (frame-wise), got "
+        raise CliError("--frames-per-chunk", f"must be a positive number of latent frames (3 for chunk-wise "
+                                             f"models such as Self-Forcing, 1 for frame-wise ones), got "
                                              f"{args.frames_per_chunk}")
     if not 0 <= args.seed < 2**64:
         raise CliError("--seed", f"must be a whole number from 0 to 2**64 - 1, got {quote(args.seed, 60)}")
@@ -309,6 +310,10 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     width = args.width if args.width is not None else default_px[1]
     try:
         steps = tuple(float(s) for s in args.steps.split(","))
+    except ValueError:
+        raise CliError("--steps", f"{quote(args.steps, 80)} is not a list of timesteps; write decreasing numbers in "
+                                  "(0, 1000] separated by commas, e.g. 1000,750,500,250") from None
+    try:
         if not all(math.isfinite(t) for t in steps):
             raise ValueError(f"timesteps must be finite numbers, got {quote(args.steps, 80)}")
         sampler_cfg = SamplerConfig(denoising_steps=steps, frames_per_chunk=fpc)

@@ -6,6 +6,7 @@ covered) before any cache, noise or output is allocated. The memory need comes f
 and the finished latents on the host. Available memory: CUDA `torch.cuda.mem_get_info` (plus what torch's
 allocator has reserved but not used), CPU `MemAvailable` of /proc/meminfo. On a CPU run both needs come out of
 the same RAM. Where the free memory cannot be read (another OS, an unknown device) only the length is checked.
+$ECHO_FORCING_MAX_MEMORY (e.g. "8G") caps what a run may use below what is free (shared machines, tests).
 """
 
 from __future__ import annotations
@@ -22,6 +23,31 @@ from echo_core.errors import SpecError
 
 DEFAULT_MAX_CHUNKS = 20_000  # 60,000 latent frames at 3 per chunk: about 4 hours of 16 fps video
 MAX_CHUNKS_ENV = "ECHO_FORCING_MAX_CHUNKS"
+MAX_MEMORY_ENV = "ECHO_FORCING_MAX_MEMORY"  # e.g. "8G": a run may use at most this much of any memory
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def memory_cap() -> int | None:
+    """$ECHO_FORCING_MAX_MEMORY in bytes (suffixes K, M, G, T; binary), or None."""
+    raw = os.environ.get(MAX_MEMORY_ENV, "").strip()
+    if not raw:
+        return None
+    unit = raw[-1].upper() if raw[-1].isalpha() else ""
+    try:
+        value = float(raw[:-1] if unit else raw) * _UNITS[unit]
+    except (KeyError, ValueError):
+        value = float("nan")
+    if not value >= 1:  # NaN included
+        raise SpecError(MAX_MEMORY_ENV, f"must be a number of bytes, optionally with K, M, G or T, e.g. 8G; got "
+                                        f"{raw[:40]!r}")
+    return int(value)
+
+
+def _capped(available: int | None) -> int | None:
+    cap = memory_cap()
+    if cap is None:
+        return available
+    return cap if available is None else min(available, cap)
 
 
 def max_chunks() -> int:
@@ -148,7 +174,7 @@ def memory_need(cfg: Any, policy: str | EchoConfig, *, latent_shape: tuple[int, 
     host = budget.host_bytes(scenes) + 2 * latents
     dev = torch.device(device)
     return MemoryNeed(budget, str(dev), budget.gpu_bytes + budget.activation_bytes, host,
-                      device_available_bytes(dev), host_available_bytes())
+                      _capped(device_available_bytes(dev)), _capped(host_available_bytes()))
 
 
 def check_memory(need: MemoryNeed, *, width: int, height: int, field: str = "width") -> None:
@@ -160,6 +186,9 @@ def check_memory(need: MemoryNeed, *, width: int, height: int, field: str = "wid
     if b.policy in ("echo", "full"):
         fix += ", or choose the rolling memory (a 21-frame window)" if b.policy == "full" else \
             ", or choose the rolling memory (window only: " + human(b.window_bytes) + ")"
+    cap = memory_cap()
+    if cap is not None:
+        fix += f" (${MAX_MEMORY_ENV} caps a run at {human(cap)})"
     if need.device.startswith("cpu"):
         total = need.device_bytes + need.host_bytes
         if need.host_available is not None and total > need.host_available:
@@ -197,6 +226,6 @@ def total_latent_frames(total_chunks: int, frames_per_chunk: int, prefill_frames
     return prefill_frames + total_chunks * frames_per_chunk
 
 
-__all__ = ["DEFAULT_MAX_CHUNKS", "MAX_CHUNKS_ENV", "MemoryNeed", "check_chunks", "check_memory",
-           "device_available_bytes", "finite", "host_available_bytes", "kv_dtype_of", "max_chunks", "memory_need",
-           "pixel_size", "total_latent_frames"]
+__all__ = ["DEFAULT_MAX_CHUNKS", "MAX_CHUNKS_ENV", "MAX_MEMORY_ENV", "MemoryNeed", "check_chunks", "check_memory",
+           "check_recalls", "device_available_bytes", "finite", "host_available_bytes", "kv_dtype_of", "max_chunks",
+           "memory_cap", "memory_need", "pixel_size", "total_latent_frames"]

@@ -32,6 +32,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]
         raise CheckpointError(f"{p} is a directory, not a weights file; give the .safetensors or .pt file in it")
     if not p.is_file():
         raise CheckpointError(f"checkpoint file not found: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: the file is empty (0 bytes); the download did not finish - download it again")
     kind = _sniff(p)
     if kind == "safetensors":
         return _read_safetensors(p), _read_safetensors_metadata(p)
@@ -56,7 +58,7 @@ def _sniff(p: Path) -> str:
         return "torch"  # torch.save zip container
     if head.startswith(b"GGUF"):
         return "gguf"
-    if len(head) >= 9 and head[8:9] == b"{":
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < p.stat().st_size:
         return "safetensors"  # u64 header length, then the JSON header
     if head[:1] == b"\x80":
         return "torch"  # legacy (non-zip) torch.save pickle
