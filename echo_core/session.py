@@ -59,7 +59,10 @@ class TimelineSpec:
                 object.__setattr__(self, "script", parse_script(self.text))
             except TimelineError as e:
                 raise e.relabel("timeline") from None
-        self.schedule(3)  # fps, durations and manual recalls checked now, not at the first chunk
+        timeline = self.schedule(3)  # fps, durations and manual recalls checked now, not at the first chunk
+        from echo_core.preflight import check_chunks
+
+        check_chunks(timeline.total_chunks, 3, fps=self.fps)  # a day-long scene is refused here, at validation
 
     def schedule(self, frames_per_chunk: int = 3) -> Timeline:
         """The timeline in chunks for a model making `frames_per_chunk` latent frames per chunk."""
