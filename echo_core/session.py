@@ -20,7 +20,7 @@ from echo_core.config import (
     RopeJumpConfig,
     RoutingConfig,
 )
-from echo_core.errors import SpecError, quote
+from echo_core.errors import EchoError, SpecError, quote
 from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.model.config import WanConfig
 from echo_core.routing import filter_common_tokens
@@ -70,7 +70,13 @@ class TimelineSpec:
             return self.script.schedule(fps=self.fps, frames_per_chunk=frames_per_chunk,  # type: ignore[union-attr]
                                         default_mode=self.default_mode, total_latent_frames=self.total_latent_frames)
         except TimelineError as e:
-            raise e.relabel("fps" if e.field == "fps" else "timeline") from None
+            err = e.relabel("fps" if e.field == "fps" else "timeline")
+            if "raise total_latent_frames" in err.detail:  # not a node input: say what the user can do instead
+                detail = err.detail.replace(
+                    "raise total_latent_frames", "give every scene a duration (scenes without one share "
+                    f"{self.total_latent_frames} latent frames)")
+                EchoError.__init__(err, err.field, detail)
+            raise err from None
 
     parse = schedule  # the name the nodes use
 

@@ -331,3 +331,8 @@ def test_view_follows_option_widgets(page):
     finally:
         page.execute_async_script(SET_WIDGET_JS, "default_transition", "smooth")
     assert page.execute_script("return window.__echoNode.echoTimeline.data.fps") == 8
+
+
+def test_route_refuses_what_the_sampler_would_refuse(route):
+    status, body = route.timeline_response({"text": "a day [86400s]"})
+    assert status == 200 and body["error"]["field"] == "text" and "115,200 chunks" in body["error"]["message"]
