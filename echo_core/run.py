@@ -6,6 +6,8 @@ the sampler and keeps the per-chunk reports; all run state lives in the returned
 stream ends, fails or is closed (an interrupt). It is also a library to check other implementations against: it
 takes an `EchoConfig` directly, an optional noise source (replay another implementation's draws), a per-step
 callback that receives each step's x0, and a total length for timelines whose scenes lack durations.
+Before anything is allocated `start_run` checks the run (echo_core.preflight: length, manual recalls, memory need
+from echo_core.budget against the device's free memory); the report carries that budget beside the peaks.
 """
 
 from __future__ import annotations

@@ -114,7 +114,9 @@ def _as_context(c: torch.Tensor, i: int) -> torch.Tensor:
 def recall_routing(method: str, scene: int | None, threshold: float, num_scenes: int) -> RoutingConfig:
     """Routing for every recall transition without an inline '@N': `scene` (1-based) by hand, or automatic."""
     if method not in ("similarity", "idf"):
-        raise SpecError("routing", f"{method!r} is not one of similarity, idf")
+        raise SpecError("routing", f"{quote(method)} is not one of similarity, idf")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise SpecError("threshold", f"must be a number from 0 to 1 (0 = off), got {quote(threshold)}")
     ids: tuple[int, ...] = ()
     if scene is not None:
         if not 1 <= scene <= num_scenes:

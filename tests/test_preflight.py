@@ -151,3 +151,11 @@ def test_kv_dtype_of():
     quantize_blocks_fp8(m, torch.bfloat16)
     assert pf.kv_dtype_of(m) == torch.bfloat16
     assert pf.kv_dtype_of(object()) == torch.float32
+
+
+def test_recall_routing_threshold_must_be_a_number():
+    from echo_core.session import recall_routing
+
+    with pytest.raises(SpecError, match="^threshold: must be a number from 0 to 1"):
+        recall_routing("idf", None, float("nan"), 3)
+    assert recall_routing("idf", None, 0.0, 3).threshold is None
