@@ -6,6 +6,8 @@ the sampler and keeps the per-chunk reports; all run state lives in the returned
 stream ends, fails or is closed (an interrupt). It is also a library to check other implementations against: it
 takes an `EchoConfig` directly, an optional noise source (replay another implementation's draws), a per-step
 callback that receives each step's x0, and a total length for timelines whose scenes lack durations.
+Before anything is allocated `start_run` checks the run (echo_core.preflight: length, manual recalls, memory need
+from echo_core.budget against the device's free memory); the report carries that budget beside the peaks.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from torch import nn
 
 from echo_core.cache.base import CachePolicy
 from echo_core.config import EchoConfig, HierarchicalMemoryConfig, RoutingConfig
-from echo_core.errors import SpecError
+from echo_core.errors import SpecError, quote
 from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.routing import RecallRouter
 from echo_core.sampler import (
     CausalModel,
     ChunkResult,
+    LayerHook,
     NoiseSource,
     SamplerConfig,
     ScenePlan,
@@ -73,8 +76,25 @@ class RunInputs:
     routing_features: RoutingFeatures = None
     start_latents: torch.Tensor | None = None  # [B, C, F0, H, W] written into the cache first
     device: torch.device | str = "cpu"
+    spatial_compression: int = 8  # pixels per latent cell (for the messages of the memory check)
+    max_chunks: int | None = None  # None: preflight.max_chunks() ($ECHO_FORCING_MAX_CHUNKS or 20,000)
 
     def __post_init__(self) -> None:
+        from echo_core.preflight import finite
+
+        c, h, w = self.latent_shape
+        if h < 1 or w < 1 or c < 1:
+            wpx, hpx = w * self.spatial_compression, h * self.spatial_compression
+            raise SpecError("width" if w < 1 else "height", f"the video is {wpx}x{hpx} pixels; width and height "
+                                                            "must be positive")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise SpecError("seed", f"must be a whole number from 0 to 2**64 - 1, got {quote(self.seed)}")
+        for i, ctx in enumerate(self.contexts):
+            if not finite(ctx):
+                raise SpecError("timeline", f"the text embedding of scene {i + 1} holds NaN or infinite values; "
+                                            "re-encode the prompt (a broken text encoder or embeddings file)")
+        if self.start_latents is not None and not finite(self.start_latents):
+            raise SpecError("start_latent", "the start latent holds NaN or infinite values; encode the frames again")
         if len(self.contexts) != len(self.timeline.scenes):
             raise SpecError("timeline", f"{len(self.contexts)} text embeddings for {len(self.timeline.scenes)} "
                                         "scenes; encode every scene's prompt")
@@ -175,7 +195,8 @@ class Run:
     Closing (or finishing) the stream releases the cache; a Run is not restartable."""
 
     def __init__(self, model: Any, policy: PolicyLike, inputs: RunInputs, *, noise: NoiseSource | None = None,
-                 on_step: StepHook | None = None, on_x0: X0Hook | None = None) -> None:
+                 on_step: StepHook | None = None, on_x0: X0Hook | None = None,
+                 on_layer: LayerHook | None = None) -> None:
         self.model = as_causal_model(model)
         self.inputs = inputs
         ctx = PolicyContext(num_layers_of(self.model), inputs.timeline, inputs.timeline.frames_per_chunk,
@@ -183,10 +204,11 @@ class Run:
         self.cache = make_policy(policy, ctx)
         self.policy = policy if isinstance(policy, str) else policy_name(self.cache)  # "echo" for an EchoConfig
         self.reports: list[dict[str, Any]] = []
-        self._stream = self._generate(noise, on_step, on_x0)
+        self.need: Any = None  # preflight.MemoryNeed, set by start_run
+        self._stream = self._generate(noise, on_step, on_x0, on_layer)
 
-    def _generate(self, noise: NoiseSource | None, on_step: StepHook | None,
-                  on_x0: X0Hook | None) -> Iterator[ChunkResult]:
+    def _generate(self, noise: NoiseSource | None, on_step: StepHook | None, on_x0: X0Hook | None,
+                  on_layer: LayerHook | None) -> Iterator[ChunkResult]:
         i = self.inputs
         contexts = [c.to(i.device) for c in i.contexts]
         try:
@@ -194,7 +216,11 @@ class Run:
                 for result in generate(self.model, self.cache, contexts, ScenePlan.from_timeline(i.timeline),
                                        latent_shape=i.latent_shape, seed=i.seed, config=i.sampler, patch=i.patch,
                                        start_latents=i.start_latents, device=i.device, on_step=on_step,
-                                       on_x0=on_x0, noise=noise):
+                                       on_x0=on_x0, noise=noise, on_layer=on_layer):
+                    if not bool(torch.isfinite(result.latents).all()):
+                        raise SpecError("model", f"the model produced NaN or infinite values in chunk "
+                                                 f"{result.index + 1}; its weights may be corrupted, or the dtype "
+                                                 "too narrow for them (try bf16 or fp32)")
                     self.reports.append(result.report)
                     yield result
         finally:
@@ -210,7 +236,7 @@ class Run:
         self._stream.close()
 
     def report(self) -> dict[str, Any]:
-        return memory_report(self.reports, self.inputs.timeline, self.policy)
+        return memory_report(self.reports, self.inputs.timeline, self.policy, self.need)
 
     def collect(self) -> tuple[torch.Tensor, dict[str, Any]]:
         """Run to the end: latents [B, C, F, H, W] on the CPU (start latents included) and the report."""
@@ -224,16 +250,62 @@ class Run:
 
 
 def start_run(model: Any, policy: PolicyLike, inputs: RunInputs, *, noise: NoiseSource | None = None,
-              on_step: StepHook | None = None, on_x0: X0Hook | None = None) -> Run:
-    """Open a run; nothing is generated until the returned Run is iterated."""
-    return Run(model, policy, inputs, noise=noise, on_step=on_step, on_x0=on_x0)
+              on_step: StepHook | None = None, on_x0: X0Hook | None = None,
+              on_layer: LayerHook | None = None, check_memory: bool = True) -> Run:
+    """Open a run; nothing is generated until the returned Run is iterated. Before anything is allocated the run
+    is checked (echo_core.preflight): its length against the chunk limit and, unless `check_memory` is False,
+    its memory need against the device's free memory; both raise SpecError naming the setting to change.
+    on_layer(chunk, step, layer) is called before every layer of every model call (interrupts answer there)."""
+    run = Run(model, policy, inputs, noise=noise, on_step=on_step, on_x0=on_x0, on_layer=on_layer)
+    run.need = preflight(run.model, policy, run.cache, inputs, check_memory=check_memory)
+    return run
+
+
+def preflight(model: Any, policy: PolicyLike, cache: CachePolicy, inputs: RunInputs, *,
+              check_memory: bool = True) -> Any:
+    """The run's checks before its first chunk (chunk limit, memory); returns the memory need or None."""
+    from echo_core import preflight as pf
+
+    tl = inputs.timeline
+    pf.check_chunks(tl.total_chunks, tl.frames_per_chunk, inputs.max_chunks, fps=tl.fps)
+    spec = _budget_policy(policy, cache)
+    if isinstance(spec, EchoConfig):
+        pf.check_recalls(tl, spec)
+    cfg = getattr(model, "cfg", None)
+    if not check_memory or spec is None or cfg is None:
+        return None
+    prefill = 0 if inputs.start_latents is None else int(inputs.start_latents.shape[2])
+    need = pf.memory_need(cfg, spec, latent_shape=inputs.latent_shape, frames_per_chunk=tl.frames_per_chunk,
+                          total_frames=pf.total_latent_frames(tl.total_chunks, tl.frames_per_chunk, prefill),
+                          scenes=len(tl.scenes), device=inputs.device, kv_dtype=pf.kv_dtype_of(model),
+                          guidance=inputs.sampler.guidance != 1)
+    width, height = pf.pixel_size(inputs.latent_shape, inputs.spatial_compression)
+    pf.check_memory(need, width=width, height=height)
+    return need
+
+
+def _budget_policy(policy: PolicyLike, cache: CachePolicy) -> str | EchoConfig | None:
+    """What the budget formula takes for this run's policy (None for a caller's own policy class)."""
+    if isinstance(policy, (str, EchoConfig)):
+        return policy
+    config = getattr(cache, "config", None)
+    if isinstance(config, EchoConfig):
+        return config
+    name = policy_name(cache)
+    if name in ("rolling", "flush") and getattr(cache, "window_frames", None) == ROLLING_WINDOW_FRAMES:
+        return name
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- report
-def memory_report(reports: Sequence[dict[str, Any]], timeline: Timeline, policy: str) -> dict[str, Any]:
+def memory_report(reports: Sequence[dict[str, Any]], timeline: Timeline, policy: str,
+                  need: Any = None) -> dict[str, Any]:
     """JSON-able summary of a run: per scene (transition, recall source, RoPE jump), peaks and timing, plus the
-    per-chunk reports."""
+    per-chunk reports. Memory: `peak_gpu_bytes` is the most the policy held on the compute device (the CPU in a
+    CPU run), `peak_host_bytes` the scene pool's peak on the host; `budget` is what the formula predicted
+    (echo_core.budget) and the free memory the run was checked against (`need`: preflight.MemoryNeed)."""
     peak = max((r.get("cache_bytes", 0) for r in reports), default=0)
+    pool_peak = max((r.get("pool_bytes", 0) for r in reports), default=0)
     wall = math.fsum(r.get("wall_s", 0.0) for r in reports)
     scenes = []
     for scene in timeline.scenes:
@@ -258,7 +330,10 @@ def memory_report(reports: Sequence[dict[str, Any]], timeline: Timeline, policy:
         "scenes": scenes,
         "peak_cache_mb": round(peak / 2**20, 3),
         "peak_cache_tokens": max((r.get("cache_tokens", 0) for r in reports), default=0),
-        "peak_pool_mb": round(max((r.get("pool_bytes", 0) for r in reports), default=0) / 2**20, 3),
+        "peak_pool_mb": round(pool_peak / 2**20, 3),
+        "peak_gpu_bytes": int(peak),
+        "peak_host_bytes": int(pool_peak),
+        "budget": None if need is None else {**need.budget.to_dict(), **need.to_dict()},
         "wall_s": round(wall, 3),
         "s_per_chunk": round(wall / len(reports), 4) if reports else 0.0,
         "chunk_reports": [_jsonable(r) for r in reports],

@@ -16,10 +16,12 @@ import torch
 
 from echo_core.cache.base import CachePolicy, CallInfo, ChunkInfo
 from echo_core.model import attention_backend
+from echo_core.model.wan import layer_hook
 
 # Returns one draw of standard normal noise of the given shape (on the CPU; the sampler moves it to the device).
 NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 StepHook = Callable[[int, int], None]  # (chunk, step) before every model call; interrupt hooks raise there
+LayerHook = Callable[[int, int, int], None]  # (chunk, step, layer) before every layer of a causal Wan forward
 X0Hook = Callable[[int, int, torch.Tensor], None]  # (chunk, step, x0) after every denoising step
 
 
@@ -38,8 +40,8 @@ class SamplerConfig:
     # Guidance only on steps at timesteps above this one (a guidance interval): guided steps settle the layout at
     # high noise; unguided low-noise steps keep colours from over-saturating.
     guidance_above: float = 0.0
-    # Self-attention kernel: "auto" (sageattention / flash_attn when installed and the inputs fit, else PyTorch
-    # SDPA), "sdpa", "sage" or "flash" (errors when that kernel cannot run). See model/attention_backend.py.
+    # Self-attention kernel: "auto" (flash_attn when installed and the inputs fit, else PyTorch SDPA), "sdpa",
+    # "sage" or "flash" (errors when that kernel cannot run). See model/attention_backend.py.
     attention: str = "auto"
 
     def __post_init__(self) -> None:
@@ -117,14 +119,17 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
              latent_shape: tuple[int, int, int], seed: int, config: SamplerConfig = SamplerConfig(),
              patch: tuple[int, int] = (2, 2), start_latents: torch.Tensor | None = None,
              device: torch.device | str = "cpu", batch: int = 1, on_step: StepHook | None = None,
-             on_x0: X0Hook | None = None, noise: NoiseSource | None = None) -> Iterator[ChunkResult]:
+             on_x0: X0Hook | None = None, noise: NoiseSource | None = None,
+             on_layer: LayerHook | None = None) -> Iterator[ChunkResult]:
     """Yield each finished chunk of a video with `plan.total_chunks` chunks.
 
     contexts: one text embedding per scene ([L, text_dim] or [1, L, text_dim]). latent_shape: (C, H, W) of a latent
     frame. start_latents [B, C, F0, H, W]: frames written into the cache first (commit passes only); generation
     continues after them. on_step(chunk, step) is called before every model call (interrupt hooks raise there);
-    on_x0(chunk, step, x0) after every denoising step. noise(shape) returns each draw of noise in order (default:
-    a CPU generator seeded with `seed`), so a run can be replayed on another implementation's noise.
+    on_x0(chunk, step, x0) after every denoising step; on_layer(chunk, step, layer) before every layer of the model
+    (models built on echo_core.model.wan's causal forward), so an interrupt answers within one layer. noise(shape)
+    returns each draw of noise in order (default: a CPU generator seeded with `seed`), so a run can be replayed on
+    another implementation's noise.
     """
     if len(contexts) != len(plan.scene_starts):
         raise ValueError(f"got {len(contexts)} text embeddings for {len(plan.scene_starts)} scenes")
@@ -148,18 +153,20 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
                             model.encode_text(torch.zeros_like(context)) if config.guidance != 1 else None)
         return texts[scene]
 
-    def run(x: torch.Tensor, t: float, call: CallInfo, text: Any) -> torch.Tensor:
+    def run(x: torch.Tensor, t: float, call: CallInfo, text: Any, index: int) -> torch.Tensor:
         with attention_backend.use(config.attention):  # entered per call: never leaks past a yield
-            return _call(x, t, call, text)
+            return _call(x, t, call, text, index)
 
-    def _call(x: torch.Tensor, t: float, call: CallInfo, text: Any) -> torch.Tensor:
+    def _call(x: torch.Tensor, t: float, call: CallInfo, text: Any, index: int) -> torch.Tensor:
         cache.begin_call(call)
         tt = torch.full((x.shape[0],), float(t), device=device)
-        v = model.forward_chunk(x, tt, text[0], cache).float()
-        if call.commit or text[1] is None or t <= config.guidance_above:
-            return v
-        # Denoising calls only rewrite the chunk's own K/V slot, so the unprompted call sees the same cache.
-        v_empty = model.forward_chunk(x, tt, text[1], cache).float()
+        hook = None if on_layer is None else (lambda layer: on_layer(index, call.step, layer))
+        with layer_hook(hook):
+            v = model.forward_chunk(x, tt, text[0], cache).float()
+            if call.commit or text[1] is None or t <= config.guidance_above:
+                return v
+            # Denoising calls only rewrite the chunk's own K/V slot, so the unprompted call sees the same cache.
+            v_empty = model.forward_chunk(x, tt, text[1], cache).float()
         return v_empty + config.guidance * (v - v_empty)
 
     frame = 0
@@ -170,7 +177,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
             part = start_latents[:, :, f0:f0 + fpc].to(device)
             info = ChunkInfo(index=-1 - i, start_frame=f0, num_frames=part.shape[2], grid=grid, prefill=True)
             cache.begin_chunk(info)
-            run(part, config.context_noise, CallInfo(len(timesteps), True), text_of(0))
+            run(part, config.context_noise, CallInfo(len(timesteps), True), text_of(0), info.index)
             cache.end_chunk()
         frame = start_latents.shape[2]
 
@@ -192,7 +199,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
         for step, t in enumerate(timesteps):
             if on_step is not None:
                 on_step(chunk, step)
-            v = run(x, t, CallInfo(step, False), text)
+            v = run(x, t, CallInfo(step, False), text, chunk)
             sigma = t / config.num_train_timesteps
             x0 = x.float() - sigma * v
             if on_x0 is not None:
@@ -204,7 +211,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
                 x = (1 - nxt) * x0 + nxt * target
         if on_step is not None:
             on_step(chunk, len(timesteps))
-        run(x0, config.context_noise, CallInfo(len(timesteps), True), text)
+        run(x0, config.context_noise, CallInfo(len(timesteps), True), text, chunk)
         report = cache.end_chunk()
         report.setdefault("context_bytes", cache.context_nbytes())  # the model's rotated context (hot path)
         report.update(chunk=chunk, scene=scene, start_frame=frame, wall_s=time.perf_counter() - t0)

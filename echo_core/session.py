@@ -20,7 +20,7 @@ from echo_core.config import (
     RopeJumpConfig,
     RoutingConfig,
 )
-from echo_core.errors import SpecError
+from echo_core.errors import EchoError, SpecError, quote
 from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.model.config import WanConfig
 from echo_core.routing import filter_common_tokens
@@ -59,7 +59,10 @@ class TimelineSpec:
                 object.__setattr__(self, "script", parse_script(self.text))
             except TimelineError as e:
                 raise e.relabel("timeline") from None
-        self.schedule(3)  # fps, durations and manual recalls checked now, not at the first chunk
+        timeline = self.schedule(3)  # fps, durations and manual recalls checked now, not at the first chunk
+        from echo_core.preflight import check_chunks
+
+        check_chunks(timeline.total_chunks, 3, fps=self.fps)  # a day-long scene is refused here, at validation
 
     def schedule(self, frames_per_chunk: int = 3) -> Timeline:
         """The timeline in chunks for a model making `frames_per_chunk` latent frames per chunk."""
@@ -67,7 +70,13 @@ class TimelineSpec:
             return self.script.schedule(fps=self.fps, frames_per_chunk=frames_per_chunk,  # type: ignore[union-attr]
                                         default_mode=self.default_mode, total_latent_frames=self.total_latent_frames)
         except TimelineError as e:
-            raise e.relabel("fps" if e.field == "fps" else "timeline") from None
+            err = e.relabel("fps" if e.field == "fps" else "timeline")
+            if "raise total_latent_frames" in err.detail:  # not a node input: say what the user can do instead
+                detail = err.detail.replace(
+                    "raise total_latent_frames", "give every scene a duration (scenes without one share "
+                    f"{self.total_latent_frames} latent frames)")
+                EchoError.__init__(err, err.field, detail)
+            raise err from None
 
     parse = schedule  # the name the nodes use
 
@@ -105,7 +114,9 @@ def _as_context(c: torch.Tensor, i: int) -> torch.Tensor:
 def recall_routing(method: str, scene: int | None, threshold: float, num_scenes: int) -> RoutingConfig:
     """Routing for every recall transition without an inline '@N': `scene` (1-based) by hand, or automatic."""
     if method not in ("similarity", "idf"):
-        raise SpecError("routing", f"{method!r} is not one of similarity, idf")
+        raise SpecError("routing", f"{quote(method)} is not one of similarity, idf")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise SpecError("threshold", f"must be a number from 0 to 1 (0 = off), got {quote(threshold)}")
     ids: tuple[int, ...] = ()
     if scene is not None:
         if not 1 <= scene <= num_scenes:
@@ -163,24 +174,33 @@ class MemorySpec:
         return EchoConfig(memory=memory, recall_frames=recall_frames, routing=routing, **modes)
 
     def budget(self, cfg: WanConfig, height: int, width: int, frames_per_chunk: int = 3,
-               bytes_per_value: int = 2) -> dict[str, Any]:
-        """K/V held while a chunk is generated: window frames x tokens per frame x layers x (K and V)."""
+               bytes_per_value: int = 2, kv_dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """Bytes this memory will hold for `cfg` at `width` x `height` (echo_core.budget, one formula): on the GPU
+        per component (`gpu_mb`, `gpu_components_mb`; `cache_mb` is the attention window alone) and on the host
+        per pooled scene. `kv_dtype` (default from `bytes_per_value`: 2 bf16, 4 fp32) is the model's compute
+        dtype."""
+        dtype = kv_dtype or {4: torch.float32, 2: torch.bfloat16}.get(bytes_per_value, torch.bfloat16)
         tokens_per_frame = cfg.tokens_per_frame(height // 8, width // 8)
-        if self.policy == "echo":
-            frames: int | None = self.window_frames(frames_per_chunk)
-        elif self.policy == "rolling":
-            frames = 21
-        else:
-            frames = None  # grows with the video
-        per_frame = 2 * cfg.num_layers * tokens_per_frame * cfg.dim * bytes_per_value
+        per_frame = 2 * cfg.num_layers * tokens_per_frame * cfg.dim * torch.empty((), dtype=dtype).element_size()
         out: dict[str, Any] = {"policy": self.policy, "tokens_per_frame": tokens_per_frame,
                                "mb_per_frame": round(per_frame / 2**20, 2)}
-        if frames is not None:
-            out.update(window_frames=frames, cache_tokens=frames * tokens_per_frame,
-                       cache_mb=round(frames * per_frame / 2**20, 1))
-        if self.policy == "echo":  # one fused recall frame per finished scene, at most pool_max_size scenes
-            out["pool_mb_per_scene"] = round(per_frame / 2**20, 2)
+        if self.policy == "full":  # grows with the video: per frame only
+            out["gpu_mb_per_latent_frame"] = out["mb_per_frame"]
+            return out
+        from echo_core.budget import policy_budget
+
+        policy = self.echo_config(frames_per_chunk) if self.policy == "echo" else self.policy
+        b = policy_budget(cfg, height, width, frames_per_chunk, policy, kv_dtype=dtype)
+        mb = 2.0**20
+        out.update(window_frames=b.window_frames, cache_tokens=b.window_frames * tokens_per_frame,  # type: ignore
+                   cache_mb=round(b.window_bytes / mb, 1), gpu_mb=round(b.gpu_bytes / mb, 1),
+                   gpu_components_mb={k: round(v / mb, 2) for k, v in b.gpu.items()},
+                   kv_dtype=b.kv_dtype, gpu_bytes=b.gpu_bytes)
+        if self.policy == "echo":  # finished scenes, on the host (CPU RAM), at most pool_max_size of them
+            out["pool_mb_per_scene"] = round(b.pool_bytes_per_scene / mb, 2)
             out["pool_max_scenes"] = self.pool_max_size
+            out["host_max_mb"] = round(b.host_bytes() / mb, 1)
+            out["pool_bytes_per_scene"] = b.pool_bytes_per_scene
         return out
 
 
@@ -219,6 +239,7 @@ class RunPlan:
     latent_shape: tuple[int, int, int]
     frames_per_chunk: int
     patch: tuple[int, int] = (2, 2)
+    spatial_compression: int = 8
 
     @property
     def total_chunks(self) -> int:
@@ -229,12 +250,15 @@ class RunPlan:
         """The run's inputs for `echo_core.run.start_run`."""
         return RunInputs(self.timeline, tuple(spec.contexts), self.latent_shape, seed=seed, sampler=sampler,
                          patch=self.patch, routing_features=spec.routing_contexts or None,
-                         start_latents=start_latents, device=device)
+                         start_latents=start_latents, device=device, spatial_compression=self.spatial_compression)
 
 
 def plan_run(timeline: TimelineSpec, cfg: WanConfig, frames_per_chunk: int, height: int, width: int,
              spatial_compression: int = 8) -> RunPlan:
     step = spatial_compression * cfg.patch_size[1]
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < step:
+            raise SpecError(name, f"must be a whole number of pixels >= {step}, got {quote(value)}")
     if height % step or width % step:
         raise SpecError("width" if width % step else "height",
                         f"width and height must be multiples of {step}, got {width}x{height}")
@@ -242,4 +266,4 @@ def plan_run(timeline: TimelineSpec, cfg: WanConfig, frames_per_chunk: int, heig
         raise SpecError("timeline", "the timeline has no text embeddings for its scenes; connect a text encoder")
     return RunPlan(timeline.schedule(frames_per_chunk),
                    (cfg.in_dim, height // spatial_compression, width // spatial_compression), frames_per_chunk,
-                   (int(cfg.patch_size[1]), int(cfg.patch_size[2])))
+                   (int(cfg.patch_size[1]), int(cfg.patch_size[2])), spatial_compression)

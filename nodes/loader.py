@@ -11,7 +11,9 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from . import types
+from echo_core.errors import quote
+
+from . import checks, types
 from ._host import ARModel, NodeInputError, wrap_module
 
 TOY_MODEL = "echo-forcing-toy (bundled demo)"
@@ -52,9 +54,17 @@ class LoadARVideoModel(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weight_dtype: str = "auto", frames_per_chunk: str = "auto",
+                        lora_strength: float = 1.0) -> bool | str:
+        return checks.validation_message(checks.loader_inputs, weight_dtype, frames_per_chunk, lora_strength,
+                                         DTYPES, FRAMES)
+
+    @classmethod
     def execute(cls, model_name: str, weight_dtype: str, frames_per_chunk: str, lora_name: str = NO_LORA,
                 lora_strength: float = 1.0) -> io.NodeOutput:
-        fpc_choice = None if frames_per_chunk == "auto" else int(frames_per_chunk.split()[0])
+        fpc_choice = checks.loader_inputs(weight_dtype, frames_per_chunk, lora_strength, DTYPES, FRAMES) or None
+        if not isinstance(model_name, str) or not model_name:
+            raise NodeInputError("model_name", f"choose a model file, got {quote(model_name)}")
         if model_name == TOY_MODEL:
             return io.NodeOutput(_load_toy(weight_dtype, fpc_choice))
         path = folder_paths.get_full_path("diffusion_models", model_name)

@@ -15,14 +15,15 @@ from echo_core.errors import EchoError
 from echo_core.model.config import get_preset
 from echo_core.session import MemorySpec, with_decay
 
-from . import types
+from . import checks, types
 from ._host import ARModel, NodeInputError
+from .checks import budget_line, memory_error, model_kv_dtype
 
 DEFAULT_DECAY = DecayConfig()  # smooth transition's official values
 
 
-def _fail(e: EchoError) -> NodeInputError:
-    return NodeInputError(e.field.split(".")[-1] or "memory", e.detail)
+def _fail(e: EchoError, window: int = 0) -> NodeInputError:
+    return memory_error(e, window)
 
 
 class SceneMemoryCache(io.ComfyNode):
@@ -67,10 +68,16 @@ class SceneMemoryCache(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, policy: str = "echo", compression_mode: str = "score_weighted",
+                        rope_position_mode: str = "local") -> bool | str:
+        return checks.validation_message(checks.memory_choices, policy, compression_mode, rope_position_mode)
+
+    @classmethod
     def execute(cls, policy: str, anchor_frames: int, compressed_frames: int, recent_frames: int,
                 recall_pool_size: int, compression_mode: str, rope_position_mode: str, keep_origin_positions: bool,
                 hardcut_rope_jump: int, recall_rope_jump_max: int, decay=None, budget_model: ARModel | None = None,
                 budget_width: int = 832, budget_height: int = 480) -> io.NodeOutput:
+        checks.memory_choices(policy, compression_mode, rope_position_mode)
         try:
             spec = MemorySpec(policy, anchor_frames, compressed_frames, recent_frames, recall_pool_size,
                               compression_mode, rope_position_mode, keep_origin_positions, hardcut_rope_jump,
@@ -79,13 +86,12 @@ class SceneMemoryCache(io.ComfyNode):
             if policy == "echo":
                 spec.echo_config(fpc)  # validates the layout now rather than at sampling time
             cfg = budget_model.config if budget_model is not None else get_preset("wan2.1-t2v-1.3b")
-            budget = spec.budget(cfg, budget_height, budget_width, fpc)
+            budget = spec.budget(cfg, budget_height, budget_width, fpc, kv_dtype=model_kv_dtype(budget_model))
         except EchoError as e:
-            raise _fail(e) from None
+            window = anchor_frames + compressed_frames + recent_frames
+            raise _fail(e, window + (budget_model.frames_per_chunk if budget_model is not None else 3)) from None
         text = json.dumps(budget)
-        shown = (f"{budget.get('window_frames', 'all')} frames x {budget['tokens_per_frame']} tokens = "
-                 f"{budget.get('cache_tokens', 'unbounded')} tokens, {budget.get('cache_mb', '?')} MB K/V at "
-                 f"{budget_width}x{budget_height}")
+        shown = budget_line(budget, budget_width, budget_height)
         return io.NodeOutput(spec, text, ui={"text": [shown]})
 
 

@@ -16,7 +16,7 @@ from echo_core.errors import EchoError
 from echo_core.run import start_run
 from echo_core.session import MemorySpec, TimelineSpec, plan_run, sampler_config
 
-from . import types
+from . import checks, types
 from ._host import (
     WAN21,
     ChunkProgress,
@@ -63,19 +63,23 @@ class EchoForcingSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, frames_per_chunk: str = "auto") -> bool | str:
+        return checks.validation_message(checks.frames_per_chunk, frames_per_chunk, FRAMES, 3)
+
+    @classmethod
     def execute(cls, model, timeline: TimelineSpec, seed: int, width: int, height: int, steps: int,
                 memory: MemorySpec | None = None, start_latent: dict | None = None,
                 frames_per_chunk: str = "auto") -> io.NodeOutput:
         if not isinstance(timeline, TimelineSpec):
             raise NodeInputError("timeline", f"expected a Prompt Timeline output, got {type(timeline).__name__}")
         resolved = resolve_model(model)
-        fpc = resolved.frames_per_chunk if frames_per_chunk == "auto" else int(frames_per_chunk.split()[0])
+        fpc = checks.frames_per_chunk(frames_per_chunk, FRAMES, resolved.frames_per_chunk)
         try:
             plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
             sampler = sampler_config(steps, fpc, resolved.shift, resolved.sampler)
         except EchoError as e:
-            raise NodeInputError(e.field, e.detail) from None
-        start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space)
+            raise checks.node_error(e) from None
+        start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space, resolved.spatial_compression)
         with torch.inference_mode():  # as ComfyUI's executor does; also covers direct calls (tests, scripts)
             chunks, report = _generate(resolved, timeline, memory or MemorySpec(), plan, seed, sampler, start)
         video = torch.cat(([start.cpu()] if start is not None else []) + chunks, dim=2)
@@ -98,15 +102,15 @@ def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, 
         inputs = plan.inputs(timeline, seed=seed, sampler=sampler, device=device,
                              start_latents=None if start is None else start.to(device))
         run = start_run(resolved.model, memory.policy_for(plan.frames_per_chunk, timeline.routing), inputs,
-                        on_step=progress.check_interrupt)
+                        on_step=progress.check_interrupt, on_layer=lambda *_: progress.check_interrupt())
     except EchoError as e:
-        raise NodeInputError(e.field, e.detail) from None
+        raise checks.node_error(e) from None
     try:
         for result in run:
             chunks.append(result.latents.cpu())
             progress.tick(len(chunks), result.latents)
     except EchoError as e:
-        raise NodeInputError(e.field, e.detail) from None
+        raise checks.node_error(e) from None
     finally:
         run.close()  # frees the cache even when an interrupt or error left the loop early
         free_memory()
@@ -115,15 +119,17 @@ def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, 
     return chunks, report
 
 
-def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str) -> torch.Tensor | None:
+def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str,
+                   scale: int = 8) -> torch.Tensor | None:
     if latent is None:
         return None
     samples = latent.get("samples") if isinstance(latent, dict) else None
     c, h, w = shape
-    if samples is None or samples.ndim != 5 or samples.shape[1] != c or tuple(samples.shape[3:]) != (h, w):
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 5 or samples.shape[1] != c or \
+            tuple(samples.shape[3:]) != (h, w):
         got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise NodeInputError("start_latent", f"expected a video latent [B, {c}, F, {h}, {w}] matching width/height "
-                                             f"{w * 8}x{h * 8} (VAE Encode with the Wan 2.1 VAE), got {got}")
+                                             f"{w * scale}x{h * scale} (VAE Encode with the model's VAE), got {got}")
     if samples.shape[0] != 1:
         raise NodeInputError("start_latent", f"one video at a time: the latent holds a batch of {samples.shape[0]}")
     return to_model_space(samples, space)

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
+from echo_core.config import EchoConfig
 from echo_core.errors import EchoError
+from echo_core.preflight import check_recalls
 from echo_core.session import TimelineSpec, encode_timeline, recall_routing
 from echo_core.text_standin import standin_embedding
 
-from . import types
+from . import checks, types
 from ._host import NodeInputError, encode_prompts
 
 EXAMPLE = ("a red fox trots through a snowy forest [6s] | the fox stops at a frozen lake [4s#] | "
@@ -50,13 +52,15 @@ class PromptTimeline(io.ComfyNode):
         if timeline is None:  # linked from another node: checked at execution
             return True
         try:
-            TimelineSpec(timeline).parse()
+            TimelineSpec(checks.timeline_text(timeline)).parse()
         except EchoError as e:
             return str(e)
         return True
 
     @classmethod
     def execute(cls, clip, timeline: str, fps: float, default_transition: str = "smooth") -> io.NodeOutput:
+        checks.timeline_text(timeline)
+        checks.number("fps", fps, 1.0, 120.0)
         try:
             spec = encode_timeline(timeline, fps, default_transition, lambda prompts: encode_prompts(clip, prompts),
                                    lambda prompts: encode_prompts(clip, prompts, strict=False))
@@ -90,13 +94,19 @@ class RecallScene(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, source: str = "auto", routing: str = "similarity", threshold: float = 0.0) -> bool | str:
+        return checks.validation_message(checks.recall_inputs, source, routing, threshold)
+
+    @classmethod
     def execute(cls, timeline: TimelineSpec, source: str, routing: str, scene: int,
                 threshold: float) -> io.NodeOutput:
         if not isinstance(timeline, TimelineSpec):
             raise NodeInputError("timeline", f"expected a Prompt Timeline output, got {type(timeline).__name__}")
+        checks.recall_inputs(source, routing, threshold)
         try:
-            n = len(timeline.parse().scenes)
-            cfg = recall_routing(routing, scene if source == "scene number" else None, threshold, n)
+            parsed = timeline.parse()
+            cfg = recall_routing(routing, scene if source == "scene number" else None, threshold, len(parsed.scenes))
+            check_recalls(parsed, EchoConfig(routing=cfg))  # a scene not yet finished: refused now, not mid-run
         except EchoError as e:
             raise NodeInputError(e.field, e.detail) from None
         if routing == "similarity" and not timeline.routing_contexts and source == "auto":

@@ -13,13 +13,14 @@ ComfyUI also serves every route under `/api`, which is what the front end's `api
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Callable, Mapping
 
 # One import identity for the core, as every node file has: the plugin's __init__ puts the repository root on
 # sys.path, so `echo_core` here is the same module (and TimelineError the same class) the sampler raises.
-from echo_core.timeline import TimelineError, parse_timeline
+from echo_core.errors import EchoError, quote
+from echo_core.preflight import check_chunks
+from echo_core.timeline import TimelineError, TransitionMode, parse_timeline
 
 ROUTE = "/echo_forcing/timeline"
 MAX_TEXT_CHARS = 100_000  # a timeline is a few lines; this only stops absurd requests early
@@ -47,7 +48,7 @@ def _option(name: str, value: Any) -> Any:
     try:
         return _OPTIONS[name](value.strip())
     except ValueError:
-        raise TimelineError(f"{name} must be a number, got {value!r}", field=name) from None
+        raise TimelineError(f"{name} must be a number, got {quote(value)}", field=name) from None
 
 
 def timeline_response(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -65,9 +66,17 @@ def timeline_response(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
                            field=unknown[0])
     try:
         kwargs = {k: _option(k, v) for k, v in params.items() if k in _OPTIONS and v is not None}
-        return 200, parse_timeline(text, **kwargs).to_dict()
+        timeline = parse_timeline(text, **kwargs)
+        check_chunks(timeline.total_chunks, timeline.frames_per_chunk, fps=timeline.fps)  # as the sampler will
+        return 200, timeline.to_dict()
     except TimelineError as e:
-        return 200, _error(str(e), field=e.field, scene_index=e.scene_index, column=e.column)
+        field = e.field
+        if field == "mode":  # the parser checks both choices at once; name the request field that is wrong
+            modes = [m.value for m in TransitionMode]
+            field = "default_mode" if params.get("default_mode", "smooth") not in modes else "marker_semantics"
+        return 200, _error(str(e), field=field, scene_index=e.scene_index, column=e.column)
+    except EchoError as e:  # longer than a run may be
+        return 200, _error(str(e), field="text")
 
 
 async def handle_timeline(request: Any) -> Any:
@@ -77,7 +86,7 @@ async def handle_timeline(request: Any) -> Any:
     if request.method == "POST":
         try:
             params = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON, not UTF-8, nested too deep
             params = None
         if not isinstance(params, dict):
             return web.json_response(_error("the request body must be a JSON object such as "

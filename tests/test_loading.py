@@ -358,3 +358,42 @@ def test_fp8_resident_weights_halve_memory_and_stay_close(tmp_path, sd):
     assert (outs[1] - outs[0]).abs().max().item() < 0.1 * outs[0].abs().max().item()
 
 
+
+
+class _Calls:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("name, make", [
+    ("posix.system", lambda m: _Calls(__import__("os").system, (f"touch {m}",))),
+    ("subprocess.call", lambda m: _Calls(__import__("subprocess").call, (["touch", m],))),
+    ("builtins.exec", lambda m: _Calls(exec, (f"open({m!r}, 'w')",))),
+    ("io.open", lambda m: _Calls(open, (m, "w"))),
+])
+def test_hostile_pickles_are_named_as_code(tmp_path, name, make, legacy):
+    marker = tmp_path / "pwned"
+    for suffix in (".pt", ".safetensors"):
+        path = tmp_path / f"weights{suffix}"
+        torch.save({"generator": {"blocks.0.self_attn.q.weight": make(str(marker))}}, path,
+                   _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(UnsafeCheckpointError) as e:
+            read_checkpoint(path)
+        msg = str(e.value)
+        assert f"contains code (a pickle with `{name}`)" in msg and "not loaded" in msg
+        assert "weights_only" not in msg and "will likely succeed" not in msg
+        assert ("PyTorch pickle under a .safetensors name" in msg) == (suffix == ".safetensors")
+    assert not marker.exists()
+
+
+def test_plain_pickle_under_a_safetensors_name_loads_and_broken_one_is_named(tmp_path, sd):
+    path = tmp_path / "renamed.safetensors"
+    torch.save(sd, path)
+    assert set(read_checkpoint(path).state_dict) == set(sd)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="PyTorch pickle under a .safetensors name"):
+        read_checkpoint(path)

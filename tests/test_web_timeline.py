@@ -102,7 +102,8 @@ def test_route_rejects_malformed_requests(route, params, field):
     ({"text": "a [5s]", "fps": "fast"}, "fps"),
     ({"text": "a [5s]", "frames_per_chunk": "2.5"}, "frames_per_chunk"),
     ({"text": "a [5s]", "frames_per_chunk": 0}, "frames_per_chunk"),
-    ({"text": "a [5s]", "marker_semantics": "sideways"}, "mode"),
+    ({"text": "a [5s]", "marker_semantics": "sideways"}, "marker_semantics"),
+    ({"text": "a [5s]", "default_mode": "sideways"}, "default_mode"),
 ])
 def test_route_option_errors_name_the_field(route, params, field):
     status, body = route.timeline_response(params)
@@ -330,3 +331,8 @@ def test_view_follows_option_widgets(page):
     finally:
         page.execute_async_script(SET_WIDGET_JS, "default_transition", "smooth")
     assert page.execute_script("return window.__echoNode.echoTimeline.data.fps") == 8
+
+
+def test_route_refuses_what_the_sampler_would_refuse(route):
+    status, body = route.timeline_response({"text": "a day [86400s]"})
+    assert status == 200 and body["error"]["field"] == "text" and "115,200 chunks" in body["error"]["message"]

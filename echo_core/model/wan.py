@@ -10,7 +10,10 @@ AdaLN-modulated self-attention with RMS-normed q/k and 3-axis RoPE, cross-attent
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +102,22 @@ class CausalWanModel(nn.Module):
                                 frame_positions)
 
     forward = forward_sequence
+
+
+# --------------------------------------------------------------------------------------------- layer hook
+# Called with the layer index before every block of a causal forward (interrupt checks between layers, so a
+# stop request answers within a fraction of a model call). Set per call by the sampler through `layer_hook`.
+_LAYER_HOOK: ContextVar[Callable[[int], None] | None] = ContextVar("echo_layer_hook", default=None)
+
+
+@contextmanager
+def layer_hook(hook: Callable[[int], None] | None) -> Iterator[None]:
+    """Run `hook(layer)` before every block of the causal forwards made inside this context."""
+    token = _LAYER_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _LAYER_HOOK.reset(token)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -296,7 +315,10 @@ def causal_forward(m: nn.Module, cfg: WanConfig, x: torch.Tensor, t: torch.Tenso
     def self_attention(layer, q, k, v):
         return _attend(q, cache.attend(layer, q, k, v), cfg.head_dim)
 
+    hook = _LAYER_HOOK.get()
     for layer in range(len(m.blocks)):
+        if hook is not None:
+            hook(layer)
         tokens = _block(m, cfg, layer, tokens, e0, grid[0], text, self_attention)
     return _unpatchify(m, cfg, tokens, e, grid)
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from echo_core.errors import quote
 from echo_core.toy.grammar import VOCAB
 
 TEXT_DIM = 64
@@ -74,12 +75,16 @@ class ToyTextEncoder:
         words = prompt_words(prompt)
         unknown = [w for w in words if w not in self.vocab]
         if unknown and strict:
-            raise ValueError(f"the toy text encoder does not know the word {unknown[0]!r} in prompt {prompt!r}; "
-                             f"write prompts from the toy grammar's words: {', '.join(self.vocab)}")
+            raise ValueError(f"the toy text encoder does not know the word {quote(unknown[0], 60)} in prompt "
+                             f"{quote(prompt, 120)}; write prompts from the toy grammar's words: "
+                             f"{', '.join(self.vocab)}")
         words = [w for w in words if w in self.vocab]
+        if strict and not words:
+            raise ValueError(f"prompt {quote(prompt, 120)} has no word the toy text encoder knows, so the model would "
+                             f"see an empty prompt; write prompts from its words: {', '.join(self.vocab)}")
         if len(words) > self.text_len:
-            raise ValueError(f"prompt {prompt!r} has {len(words)} words; the toy text encoder reads at most "
-                             f"{self.text_len} - shorten it")
+            raise ValueError(f"prompt {quote(prompt, 120)} has {len(words)} words; the toy text encoder reads at "
+                             f"most {self.text_len} - shorten it")
         out = torch.zeros(self.text_len, self.text_dim)
         index = {w: i for i, w in enumerate(self.vocab)}
         for i, (w, r) in enumerate(zip(words, word_roles(words))):
