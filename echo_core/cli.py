@@ -15,6 +15,7 @@ from echo_core.model.config import get_preset
 from echo_core.run import POLICY_NAMES, PolicyLike, RunInputs, start_run
 from echo_core.safetensors_out import write_safetensors
 from echo_core.sampler import SamplerConfig
+from echo_core.scenes_cli import add_scene_flags, add_scenes_parser, scene_options
 from echo_core.text_standin import standin_embedding
 from echo_core.timeline import OFFICIAL_TOTAL_LATENT_FRAMES, Timeline, TimelineError, parse_timeline
 
@@ -52,12 +53,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True, help="output latents (.safetensors)")
     p.add_argument("--report", type=Path, help="per-chunk JSON report")
+    add_scene_flags(p)  # --scene-library, --scenes, --save-scenes, --scene-names (echo_core/scenes_cli.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m echo_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    add_scenes_parser(sub)  # `scenes list|show|save`
     try:
         from echo_core.toy.demo import add_demo_parser
     except ImportError:  # the demo ships with the bundled toy model
@@ -164,9 +167,11 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise CliError("--steps", str(exc)) from None
     contexts = _contexts(args, timeline, cfg)
+    scenes = scene_options(args, timeline)  # saved scenes loaded, save folder checked: before the run
     inputs = RunInputs(timeline, tuple(contexts), (cfg.in_dim, height // 8, width // 8), seed=args.seed,
                        sampler=sampler_cfg, patch=tuple(cfg.patch_size[1:]),
-                       routing_features=_routing_features(args, contexts, cfg), device=args.device)
+                       routing_features=_routing_features(args, contexts, cfg), device=args.device,
+                       saved_scenes=scenes.scenes)
     run = start_run(model, policy, inputs)
     latents = []
     try:
@@ -181,7 +186,8 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     report = run.report()
     summary = {"out": str(args.out), "latent_shape": list(video.shape), "chunks": len(latents),
                "timeline": timeline.to_dict(), "memory": report["policy"], "seed": args.seed,
-               "scenes": report["scenes"], "chunk_reports": report["chunk_reports"]}
+               "scenes": report["scenes"], "chunk_reports": report["chunk_reports"],
+               "saved_scenes": scenes.save(run)}
     if args.report:
         _write_atomic(args.report, json.dumps(summary, indent=1, default=str))
     return summary

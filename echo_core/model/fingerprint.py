@@ -35,6 +35,14 @@ def fingerprint_tensor_names(cfg: WanConfig) -> list[str]:
     return names
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """In-place write counter; inference tensors have none (then the digest is not cached)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach()
     try:
@@ -50,9 +58,9 @@ def weights_fingerprint(module: nn.Module, cfg: WanConfig) -> str:
     names = fingerprint_tensor_names(cfg)
     found = [params.get(n) for n in names]
     key = (json.dumps(cfg.to_dict(), sort_keys=True),
-           tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, str(t.device)) for t in found))
+           tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype, str(t.device)) for t in found))
     cached = _CACHE.get(module)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == key and None not in (v[1] for v in key[1] if v is not None):
         return cached[1]
     h = hashlib.sha256(f"echo-forcing weights fingerprint v{FINGERPRINT_VERSION}\n".encode())
     h.update(key[0].encode())
