@@ -118,10 +118,13 @@ def build_router(timeline: Timeline, routing: RoutingConfig, features: RoutingFe
                 raise SpecError("routing", f"{len(embeddings)} routing embeddings for {len(timeline.scenes)} scenes")
             return None
         for scene in saved:
-            if scene.routing_feature is None:
-                raise SpecError("routing", f"saved scene {scene.name!r} has no routing embedding; choose idf "
-                                           "routing or give the run a text encoder function")
-            embeddings.append(scene.routing_feature[None])
+            feature = scene.routing_feature
+            if feature is None or feature.shape[-1] != embeddings[0].shape[-1]:
+                what = "no routing embedding" if feature is None else \
+                    f"a {feature.shape[-1]}-wide routing embedding, this run's are {embeddings[0].shape[-1]}-wide"
+                raise SpecError("routing", f"saved scene {scene.name!r} has {what}; choose idf routing or give the "
+                                           "run a text encoder function")
+            embeddings.append(feature[None])
 
         def encode(texts: Sequence[str]) -> list[torch.Tensor]:  # this timeline's scenes, in order
             return embeddings

@@ -426,6 +426,9 @@ def preload_saved_scenes(cache: Any, scenes: Sequence[SavedScene], timeline: Tim
         if name not in loaded:
             raise SpecError(field, f"the timeline recalls the saved scene {name!r}, which is not loaded; load it "
                                    f"(loaded: {sorted(loaded) or 'none'})")
+    if timeline.opening is not None and not scenes:
+        raise SpecError(field, "the timeline opens with a recall of a saved scene ([@]) but no saved scene is "
+                               "loaded")
     config = getattr(cache, "config", None)
     kind = config.recall.old_memory_source if config is not None else "compress"
     for s in scenes:

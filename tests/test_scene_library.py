@@ -206,6 +206,14 @@ def test_a_name_the_run_has_not_loaded_is_an_error_before_the_first_chunk(tiny, 
         start_run(tiny, "echo", _inputs(tiny, f"{B} [1.5s@lake] | {A2} [1.5s]", [load_scene(saved_fox)]))
     with pytest.raises(SpecError, match="'fox', which is not loaded"):
         start_run(tiny, "echo", _inputs(tiny, f"[@fox] {A2} [1.5s]"))
+    with pytest.raises(SpecError, match=r"opens with a recall of a saved scene \(\[@\]\) but no saved scene"):
+        start_run(tiny, "echo", _inputs(tiny, f"[@] {A2} [1.5s]"))
+    fox = load_scene(saved_fox)
+    contexts = tuple(standin_embedding(p, 32, 16) for p in (B, A2))  # precomputed embeddings, not an encoder
+    narrow = replace(fox, routing_feature=torch.ones(7))
+    with pytest.raises(SpecError, match="'fox' has a 7-wide routing embedding, this run's are 32-wide"):
+        start_run(tiny, "echo", replace(_inputs(tiny, f"{B} [1.5s@fox] | {A2} [1.5s]", [narrow]),
+                                        routing_features=contexts))
     # Baselines have no pool: they ignore saved scenes and names, as they ignore recalls.
     start_run(tiny, "rolling", _inputs(tiny, f"{B} [1.5s@lake] | {A2} [1.5s]")).close()
 
