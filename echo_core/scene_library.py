@@ -509,8 +509,3 @@ def _routing_features(run: Any) -> tuple[torch.Tensor | None, str, str | None]:
         return router.features[:n].detach().to("cpu", torch.float32).clone(), "router", "similarity"
     feats = torch.stack([pooled_embedding(c) for c in run.inputs.contexts])
     return feats, "prompt", None if router is None else router.method
-
-
-def routing_entries(scenes: Sequence[SavedScene]) -> list[tuple[str, torch.Tensor | None]]:
-    """(prompt, routing feature) of saved scenes, for the recall router."""
-    return [(s.prompt, s.routing_feature) for s in scenes]

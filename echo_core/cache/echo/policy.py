@@ -150,7 +150,7 @@ class EchoCache(CachePolicy):
             self.pool.reset_smooth_anchors()
         self._switch_report = dict(mode=mode, implicit=transition is None, memory=plan.memory_label,
                                    old_recent_frames=o, rope_jump=plan.jump, routing=plan.routing)
-        if transition is not None and transition.from_scene < 0:
+        if getattr(transition, "from_scene", 0) < 0:
             self._switch_report["opening"] = True
 
     def _switch_tensors(self, frames: int, r: int, o: int, s: int, memory: Any, slots: list[SlotInfo],
