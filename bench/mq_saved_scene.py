@@ -93,8 +93,9 @@ def summarise(per_timeline: list[dict[str, Any]]) -> dict[str, dict[str, float]]
     return table
 
 
-def markdown(table: dict[str, dict[str, float]], file_mb: float) -> list[str]:
-    """The saved-scene rows of the benchmark report."""
+def markdown(table: dict[str, dict[str, float]], file_mb: float,
+             per_timeline: list[dict[str, Any]] | None = None) -> list[str]:
+    """The saved-scene rows of the benchmark report (and, given `per_timeline`, the values per timeline)."""
     lines = ["", "## Recall of a saved scene (scene library)", "",
              "Echo-Forcing's recall fidelity of the recalled scene X (as above) when its recall frame comes from this "
              "video's pool (in run, the echo row), or from a scene file written by that run and read back into a "
@@ -104,6 +105,10 @@ def markdown(table: dict[str, dict[str, float]], file_mb: float) -> list[str]:
     for v, r in table.items():
         sd = "-" if math.isnan(r["sd"]) else f"{r['sd']:.3f}"
         lines.append(f"| {v} | {r['recall_fidelity']:.3f} | {sd} | {r['timelines']} |")
+    if per_timeline:
+        lines += ["", "Per timeline: " + "; ".join(
+            f"{i + 1}: " + " / ".join(f"{t[v]:.2f}" for v in VARIANTS) for i, t in enumerate(per_timeline))
+            + f" ({' / '.join(VARIANTS)})."]
     lines += ["", f"Scene file size on the toy model: {file_mb * 1024:.1f} KB (Wan2.1 1.3B at 832x480 in bf16: "
                   "287.5 MB = 0.29 GB per scene, one recall frame of K and V per layer)."]
     return lines
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          for i in range(args.steps)))
     timelines = make_timelines(args.timelines, FULL.scene_seconds, FULL.seed)
     result = run_saved_scene_bench(bundle, timelines, sampler, log=lambda s: print(s, file=sys.stderr, flush=True))
-    text = "\n".join(markdown(result["table"], result["file_mb"]))
+    text = "\n".join(markdown(result["table"], result["file_mb"], result["per_timeline"]))
     print(text)
     if args.out is not None:
         head = (f"`python bench/mq_saved_scene.py --timelines {args.timelines}` - {args.timelines} of the "
