@@ -10,7 +10,9 @@ mechanism switched off in turn ("echo-no-hier": plain 18-frame recent window ins
 compressed history; "echo-no-recall": no scene recall frame inserted at any switch; "echo-no-decay": the inserted
 memory fades at the fixed mid-range rate of its mode instead of per-location difference-aware rates). Policies
 advance chunk by chunk in alternation so per-chunk times see the same machine conditions. A 2-minute
-single-prompt run per policy measures long-run stability. Writes memory_quality.md / .png / .json.
+single-prompt run per policy measures long-run stability. Echo's recall of a saved scene (scene library: the
+recalled scene saved to a file and recalled in a new video) gets its own rows (mq_saved_scene.py). Writes
+memory_quality.md / .png / .json.
 
     python bench/memory_quality.py            # full run (about 5-10 minutes on 2 CPU cores)
     python bench/memory_quality.py --quick    # a small end-to-end run (tests)
@@ -36,6 +38,8 @@ for _path in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resol
 import mq_metrics as mq  # noqa: E402
 from mq_figure import draw_figure  # noqa: E402
 from mq_report import write_markdown  # noqa: E402
+from mq_saved_scene import markdown as saved_scene_markdown  # noqa: E402
+from mq_saved_scene import run_saved_scene_bench  # noqa: E402
 
 from echo_core.config import EchoConfig  # noqa: E402
 from echo_core.run import PolicyLike  # noqa: E402
@@ -62,11 +66,12 @@ class Settings:
     window_seconds: float = 2.0  # contamination / continuity window after a switch
     steps: int | None = None  # denoising steps per chunk; None = the toy model's own
     seed: int = BENCH_SEED
+    saved_scene: bool = True  # Echo's recall of a saved scene (mq_saved_scene.py)
 
 
 FULL = Settings()
 QUICK = Settings(timelines=1, scene_seconds=2.25, long_seconds=7.5, stability_seconds=2.25, window_seconds=1.0,
-                 steps=3)
+                 steps=3, saved_scene=False)  # the saved-scene rows have their own quick test
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,7 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
     meta = {name: {"chunk_ms": 1000 * mq.mean(c["wall"]), "cache_kb": max(c["cache"]) / 1024,
                    "pool_kb": max(c["pool"]) / 1024, "chunks_timed": len(c["wall"])} for name, c in cost.items()}
     table = summarise(per_timeline, long, meta, timelines)
+    saved_scene = run_saved_scene_bench(bundle, timelines, sampler, log) if st.saved_scene else None
     chance = mq.mean([t["chance_gt"] for t in per_timeline])
     result = {
         "settings": st.__dict__, "policies": list(POLICIES), "table": table, "chance_gt": chance,
@@ -276,10 +282,14 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
         "long_run": {"prompt": describe(long_spec), "seconds": st.long_seconds},
         "per_timeline": per_timeline, "torch_threads": torch.get_num_threads(),
         "sampler_steps": len(sampler.denoising_steps), "wall_s": round(time.perf_counter() - t_start, 1),
+        "saved_scene": saved_scene,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "memory_quality.json").write_text(json.dumps(result, indent=1))
     write_markdown(result, out_dir / "memory_quality.md")
+    if saved_scene is not None:
+        with open(out_dir / "memory_quality.md", "a") as f:
+            f.write("\n".join(saved_scene_markdown(saved_scene["table"], saved_scene["file_mb"])) + "\n")
     draw_figure(result, strips, timelines[0], bundle.fps, out_dir / "memory_quality.png")
     return result
 

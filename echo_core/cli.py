@@ -19,6 +19,7 @@ from echo_core.preflight import DEFAULT_MAX_CHUNKS, MAX_CHUNKS_ENV, check_chunks
 from echo_core.run import POLICY_NAMES, PolicyLike, RunInputs, start_run
 from echo_core.safetensors_out import write_safetensors
 from echo_core.sampler import SamplerConfig
+from echo_core.scenes_cli import add_scene_flags, add_scenes_parser, scene_options
 from echo_core.text_standin import standin_embedding
 from echo_core.timeline import OFFICIAL_TOTAL_LATENT_FRAMES, Timeline, TimelineError, parse_timeline
 
@@ -66,6 +67,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="skip the check of the memory need against the device's free memory")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="print a traceback with every error")
+    add_scene_flags(p)  # --scene-library, --scenes, --save-scenes, --scene-names (echo_core/scenes_cli.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print a traceback with every error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    add_scenes_parser(sub)  # `scenes list|show|save`
     try:
         from echo_core.toy.demo import add_demo_parser
     except ImportError:  # the demo ships with the bundled toy model
@@ -323,11 +326,12 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise CliError("--steps", _one_line(exc)) from None
     contexts = _contexts(args, timeline, cfg)
+    scenes = scene_options(args, timeline)  # saved scenes loaded, save folder checked: before the run
     try:
         inputs = RunInputs(timeline, tuple(contexts), (cfg.in_dim, height // 8, width // 8), seed=args.seed,
                            sampler=sampler_cfg, patch=tuple(cfg.patch_size[1:]),
                            routing_features=_routing_features(args, contexts, cfg), device=args.device,
-                           max_chunks=args.max_chunks)
+                           max_chunks=args.max_chunks, saved_scenes=scenes.scenes)
         run = start_run(model, policy, inputs, check_memory=not args.no_memory_check)
     except EchoError as e:
         raise e.relabel(_flag(e.field, args)) from None
@@ -345,7 +349,8 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     report = run.report()
     summary = {"out": str(args.out), "latent_shape": list(video.shape), "chunks": len(latents),
                "timeline": timeline.to_dict(), "memory": report["policy"], "seed": args.seed,
-               "scenes": report["scenes"], "budget": report["budget"], "chunk_reports": report["chunk_reports"]}
+               "scenes": report["scenes"], "budget": report["budget"], "chunk_reports": report["chunk_reports"],
+               "saved_scenes": scenes.save(run)}
     report_text = json.dumps(summary, indent=1, default=str) if args.report else None
     _save_latents(args.out, video, timeline, args)
     if report_text is not None:

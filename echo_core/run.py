@@ -8,13 +8,15 @@ takes an `EchoConfig` directly, an optional noise source (replay another impleme
 callback that receives each step's x0, and a total length for timelines whose scenes lack durations.
 Before anything is allocated `start_run` checks the run (echo_core.preflight: length, manual recalls, memory need
 from echo_core.budget against the device's free memory); the report carries that budget beside the peaks.
+Saved scenes (echo_core.scene_library) come in `RunInputs.saved_scenes`: checked against the model and the grid
+before anything runs, pre-loaded into the scene pool; a finished run's scenes come out of `Run.saved_scenes`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 
 import torch
 from torch import nn
@@ -37,6 +39,9 @@ from echo_core.sampler import (
 )
 from echo_core.timeline import Timeline, TransitionMode
 
+if TYPE_CHECKING:
+    from echo_core.scene_library import SavedScene
+
 POLICY_NAMES = ("echo", "rolling", "full", "flush")
 ROLLING_SINK_FRAMES = 1  # Self-Forcing's rolling window as the official code configures it (sink_size 1, §2.7)
 ROLLING_WINDOW_FRAMES = 21
@@ -53,9 +58,10 @@ class PolicyContext:
     timeline: Timeline
     frames_per_chunk: int
     routing_features: RoutingFeatures = None
+    saved_scenes: tuple["SavedScene", ...] = ()  # pre-loaded into the pool: their prompts join the router's
 
     def router(self, routing: RoutingConfig) -> RecallRouter | None:
-        return build_router(self.timeline, routing, self.routing_features)
+        return build_router(self.timeline, routing, self.routing_features, self.saved_scenes)
 
 
 PolicyFactory = Callable[[PolicyContext], CachePolicy]
@@ -78,6 +84,7 @@ class RunInputs:
     device: torch.device | str = "cpu"
     spatial_compression: int = 8  # pixels per latent cell (for the messages of the memory check)
     max_chunks: int | None = None  # None: preflight.max_chunks() ($ECHO_FORCING_MAX_CHUNKS or 20,000)
+    saved_scenes: tuple["SavedScene", ...] = ()  # scene library scenes for `@name` and routing (scene_library)
 
     def __post_init__(self) -> None:
         from echo_core.preflight import finite
@@ -101,14 +108,24 @@ class RunInputs:
         if self.sampler.frames_per_chunk != self.timeline.frames_per_chunk:
             raise SpecError("frames_per_chunk", f"the sampler makes {self.sampler.frames_per_chunk} frames per chunk "
                                                 f"but the timeline was scheduled for {self.timeline.frames_per_chunk}")
+        names = [s.name for s in self.saved_scenes]
+        if len(set(names)) != len(names):
+            raise SpecError("scene_library", f"saved scene names must differ, got {names}")
+        if self.timeline.opening is not None and self.start_latents is not None:
+            raise SpecError("start_latents", "the timeline opens with a recall of a saved scene ([@name]); it cannot "
+                                             "also continue start latents")
 
 
-def build_router(timeline: Timeline, routing: RoutingConfig, features: RoutingFeatures = None
-                 ) -> RecallRouter | None:
+def build_router(timeline: Timeline, routing: RoutingConfig, features: RoutingFeatures = None,
+                 saved: Sequence["SavedScene"] = ()) -> RecallRouter | None:
     """The recall router of a run (spec §7). Similarity routing needs `features`: the scenes' embeddings (pooled
     per scene) or a function that encodes prompts (the official route re-encodes them without common words).
-    Returns None when similarity routing has no features and no transition recalls."""
-    recalls = any(t.mode is TransitionMode.RECALL for t in timeline.transitions)
+    Returns None when similarity routing has no features and no transition recalls.
+
+    Saved scenes' prompts follow the timeline's (router index = timeline scenes + position): with a function or
+    IDF, they are filtered / weighted together with the timeline's prompts, exactly as if they were scenes of this
+    video; with precomputed embeddings, each saved scene brings the feature stored in its file."""
+    recalls = timeline.opening is not None or any(t.mode is TransitionMode.RECALL for t in timeline.transitions)
     if routing.method == "similarity" and features is None:
         if recalls:
             raise SpecError("routing", "similarity routing needs the prompts' embeddings (connect the text encoder "
@@ -120,12 +137,21 @@ def build_router(timeline: Timeline, routing: RoutingConfig, features: RoutingFe
             if recalls:
                 raise SpecError("routing", f"{len(embeddings)} routing embeddings for {len(timeline.scenes)} scenes")
             return None
+        for scene in saved:
+            feature = scene.routing_feature
+            if feature is None or feature.shape[-1] != embeddings[0].shape[-1]:
+                what = "no routing embedding" if feature is None else \
+                    f"a {feature.shape[-1]}-wide routing embedding, this run's are {embeddings[0].shape[-1]}-wide"
+                raise SpecError("routing", f"saved scene {scene.name!r} has {what}; choose idf routing or give the "
+                                           "run a text encoder function")
+            embeddings.append(feature[None])
 
         def encode(texts: Sequence[str]) -> list[torch.Tensor]:  # this timeline's scenes, in order
             return embeddings
 
         features = encode
-    return RecallRouter.from_timeline(timeline, method=routing.method, encode=features, threshold=routing.threshold)
+    prompts = [s.prompt for s in timeline.scenes] + [s.prompt for s in saved]
+    return RecallRouter(prompts, method=routing.method, encode=features, threshold=routing.threshold)
 
 
 def echo_config_for(frames_per_chunk: int, routing: RoutingConfig | None = None) -> EchoConfig:
@@ -199,12 +225,23 @@ class Run:
                  on_layer: LayerHook | None = None) -> None:
         self.model = as_causal_model(model)
         self.inputs = inputs
+        saved = inputs.saved_scenes
+        if saved:  # refused before anything is built: a run never starts half-configured
+            from echo_core.scene_library import check_saved_scenes
+
+            check_saved_scenes(self.model, saved, frames_per_chunk=inputs.timeline.frames_per_chunk,
+                               latent_shape=inputs.latent_shape, patch=inputs.patch)
         ctx = PolicyContext(num_layers_of(self.model), inputs.timeline, inputs.timeline.frames_per_chunk,
-                            inputs.routing_features)
+                            inputs.routing_features, saved)
         self.cache = make_policy(policy, ctx)
+        if saved or inputs.timeline.opening is not None or inputs.timeline.recall_names():
+            from echo_core.scene_library import preload_saved_scenes
+
+            preload_saved_scenes(self.cache, saved, inputs.timeline)
         self.policy = policy if isinstance(policy, str) else policy_name(self.cache)  # "echo" for an EchoConfig
         self.reports: list[dict[str, Any]] = []
         self.need: Any = None  # preflight.MemoryNeed, set by start_run
+        self._finished_pool: list[Any] | None = None
         self._stream = self._generate(noise, on_step, on_x0, on_layer)
 
     def _generate(self, noise: NoiseSource | None, on_step: StepHook | None, on_x0: X0Hook | None,
@@ -224,6 +261,9 @@ class Run:
                     self.reports.append(result.report)
                     yield result
         finally:
+            from echo_core.scene_library import pool_snapshot
+
+            self._finished_pool = pool_snapshot(self.cache)  # the run's scenes outlive the cache (saved_scenes)
             self.cache.release()
 
     def __iter__(self) -> Iterator[ChunkResult]:
@@ -237,6 +277,19 @@ class Run:
 
     def report(self) -> dict[str, Any]:
         return memory_report(self.reports, self.inputs.timeline, self.policy, self.need)
+
+    def finished_pool(self) -> list[Any]:
+        """The run's own scenes left in its pool (echo_core.cache.echo.recall.PoolEntry), once the stream ended."""
+        if self._finished_pool is None:
+            raise RuntimeError("the run is still going: iterate it to the end (or close it) before exporting scenes")
+        return self._finished_pool
+
+    def saved_scenes(self, names: dict[int, str] | None = None) -> list["SavedScene"]:
+        """The finished scenes as saved scenes (scene_library.save_scene writes them); `names`: 0-based scene
+        index -> name, choosing which (default all, named 'scene-N')."""
+        from echo_core.scene_library import export_run_scenes
+
+        return export_run_scenes(self, names)
 
     def collect(self) -> tuple[torch.Tensor, dict[str, Any]]:
         """Run to the end: latents [B, C, F, H, W] on the CPU (start latents included) and the report."""
@@ -312,14 +365,16 @@ def memory_report(reports: Sequence[dict[str, Any]], timeline: Timeline, policy:
         entry: dict[str, Any] = {"prompt": scene.prompt, "chunks": scene.num_chunks, "start_chunk": scene.start_chunk}
         opening = next((r for r in reports if r.get("chunk") == scene.start_chunk), None)
         switch = (opening or {}).get("transition")
-        if scene.index > 0:
-            t = timeline.transitions[scene.index - 1]
+        t = timeline.transitions[scene.index - 1] if scene.index > 0 else timeline.opening
+        if t is not None:
             entry["transition"] = t.mode.value
             if isinstance(switch, dict):
                 entry["memory"] = switch.get("memory")
                 entry["rope_jump"] = switch.get("rope_jump")
                 routing = switch.get("routing")
-                if isinstance(routing, dict) and routing.get("scene") is not None:
+                if isinstance(routing, dict) and routing.get("name") is not None:
+                    entry["recall_saved_scene"] = routing["name"]  # a scene of the library
+                elif isinstance(routing, dict) and routing.get("scene") is not None:
                     entry["recall_source"] = int(routing["scene"]) + 1  # 1-based, as users number scenes
         scenes.append(entry)
     return {

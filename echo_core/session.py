@@ -50,6 +50,7 @@ class TimelineSpec:
     # Length of a timeline not every scene of which has a duration (official --num_output_frames, latent frames)
     total_latent_frames: int | None = OFFICIAL_TOTAL_LATENT_FRAMES
     script: TimelineScript | None = None  # filled in by __post_init__; kept by dataclasses.replace
+    saved_scenes: tuple[Any, ...] = ()  # scene_library.SavedScene for `@name` / routing (Load Scene Memory)
 
     def __post_init__(self) -> None:
         if self.default_mode not in TRANSITION_MODES:
@@ -98,7 +99,8 @@ def encode_timeline(text: str, fps: float, default_mode: str,
     prompts = list(spec.prompts)
     contexts = tuple(_as_context(c, i) for i, c in enumerate(encode(prompts)))
     routing: tuple[torch.Tensor, ...] = ()
-    if any(t.mode.value == "recall" for t in spec.schedule(3).transitions):
+    timeline = spec.schedule(3)
+    if timeline.opening is not None or any(t.mode.value == "recall" for t in timeline.transitions):
         routing = tuple(_as_context(c, i) for i, c in enumerate((encode_routing or encode)(
             filter_common_tokens(prompts))))
     return replace(spec, contexts=contexts, routing_contexts=routing)
@@ -250,7 +252,8 @@ class RunPlan:
         """The run's inputs for `echo_core.run.start_run`."""
         return RunInputs(self.timeline, tuple(spec.contexts), self.latent_shape, seed=seed, sampler=sampler,
                          patch=self.patch, routing_features=spec.routing_contexts or None,
-                         start_latents=start_latents, device=device, spatial_compression=self.spatial_compression)
+                         start_latents=start_latents, device=device, spatial_compression=self.spatial_compression,
+                         saved_scenes=spec.saved_scenes)
 
 
 def plan_run(timeline: TimelineSpec, cfg: WanConfig, frames_per_chunk: int, height: int, width: int,

@@ -9,10 +9,15 @@ Grammar (one timeline per text)::
     timeline  := scenes [ ";" subtitles ]
     scenes    := scene ( "|" scene )*          empty parts are dropped
     scene     := prompt text with at most one tag anywhere in it
-    tag       := "[" number "s" [ "#" | "@" [ N ] ] "]"   spaces allowed inside, decimals allowed
+    tag       := "[" number "s" [ "#" | "@" [ N | NAME ] ] "]"   spaces allowed inside, decimals allowed
+    opening   := "[" "@" [ NAME ] "]"          first scene only: the video opens with a recall
     subtitles := text ( "|" text )*            padded with "" / truncated to the scene count
 
 `@N` (1-based scene number) is our extension: recall scene N by hand instead of automatic routing.
+`@NAME` (a letter or '_' first, then letters, digits, '_', '.', '-') recalls the saved scene NAME of the scene
+library (echo_core.scene_library); the timeline only records the name, a run checks that it is loaded. The
+opening tag `[@NAME]` (or `[@]`: route among the saved scenes) on the first scene opens the video with a recall
+of a saved scene, as if the video had switched into its first scene by a recall (`Timeline.opening`).
 Unlike the official regex, anything in square brackets that is not a valid tag is an error rather than
 prompt text: there is no escape syntax, so brackets are reserved for tags.
 """
@@ -30,6 +35,7 @@ from echo_core.errors import EchoError
 __all__ = [
     "MarkerSemantics",
     "OFFICIAL_TOTAL_LATENT_FRAMES",
+    "Opening",
     "Scene",
     "ScriptScene",
     "Timeline",
@@ -54,7 +60,11 @@ class MarkerSemantics(str, Enum):
 
 
 MARKER_MODES = {"#": TransitionMode.HARDCUT, "@": TransitionMode.RECALL}
-TAG_FIX = "write the duration as [10s], [10s#] or [10s@] (or [10s@N] to recall scene N by hand)"
+TAG_FIX = ("write the duration as [10s], [10s#] or [10s@] (or [10s@N] to recall scene N by hand, [10s@name] to "
+           "recall the saved scene name)")
+SCENE_NAME = r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}"  # a saved scene's name (`@name`); numbers stay scene numbers
+OPENING_FIX = ("'[@name]' (no duration) opens the video with a recall of the saved scene name and stands only on the "
+               "first scene; to recall a saved scene at a later switch write [10s@name]")
 MAX_SECONDS = 86_400.0  # one day; keeps chunk counts and float sums finite
 # Official `--num_output_frames` default (latent frames): the length of a timeline not every scene of which has a
 # duration (672 latent frames = 2,685 video frames, about 168 s at 16 fps).
@@ -84,6 +94,7 @@ class Scene:
     recall_source: int | None  # 1-based scene number from an inline "@N"
     start_chunk: int
     num_chunks: int
+    recall_name: str | None = None  # saved scene from an inline "@name"
 
     @property
     def end_chunk(self) -> int:
@@ -97,6 +108,7 @@ class Transition:
     to_scene: int
     mode: TransitionMode
     recall_source: int | None  # 0-based scene requested by hand; None = automatic routing
+    recall_name: str | None = None  # saved scene (scene library) requested by name
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,8 @@ class Timeline:
     frames_per_chunk: int
     total_chunks: int
     temporal_compression: int = 4
+    # A recall into the first scene (from_scene -1, at chunk 0) of a saved scene: the `[@name]` opening tag.
+    opening: Transition | None = None
 
     def __post_init__(self) -> None:
         # Guards from_dict and hand-built timelines: chunks must tile [0, total_chunks) exactly.
@@ -127,6 +141,16 @@ class Timeline:
             raise TimelineError("transitions must sit at every scene boundary, in order", field="transitions")
         if len(self.subtitles) != len(self.scenes):
             raise TimelineError("one subtitle per scene is required", field="subtitles")
+        o = self.opening
+        if o is not None and ((o.at_chunk, o.from_scene, o.to_scene) != (0, -1, 0) or o.mode is not
+                              TransitionMode.RECALL or o.recall_source is not None):
+            raise TimelineError("an opening must be a recall of a saved scene into scene 1 at chunk 0",
+                                field="opening")
+
+    def recall_names(self) -> tuple[str, ...]:
+        """Saved scenes the timeline recalls by name (`@name`, opening included), in order, each once."""
+        names = [t.recall_name for t in ((self.opening,) if self.opening else ()) + self.transitions]
+        return tuple(dict.fromkeys(n for n in names if n is not None))
 
     @property
     def latent_frames(self) -> int:
@@ -157,10 +181,10 @@ class Timeline:
         return {
             "version": 1,
             "scenes": [{"index": s.index, "prompt": s.prompt, "seconds": s.seconds, "marker": s.marker,
-                        "recall_source": s.recall_source, "start_chunk": s.start_chunk,
+                        "recall_source": s.recall_source, "recall_name": s.recall_name, "start_chunk": s.start_chunk,
                         "num_chunks": s.num_chunks} for s in self.scenes],
-            "transitions": [{"at_chunk": t.at_chunk, "from_scene": t.from_scene, "to_scene": t.to_scene,
-                             "mode": t.mode.value, "recall_source": t.recall_source} for t in self.transitions],
+            "transitions": [_transition_dict(t) for t in self.transitions],
+            "opening": None if self.opening is None else _transition_dict(self.opening),
             "subtitles": list(self.subtitles),
             "fps": self.fps,
             "frames_per_chunk": self.frames_per_chunk,
@@ -179,19 +203,27 @@ class Timeline:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Timeline:
+        def transition(t: dict[str, Any]) -> Transition:
+            return Transition(**{**t, "mode": TransitionMode(t["mode"])})
+
         try:
             return cls(
                 scenes=tuple(Scene(**s) for s in d["scenes"]),
-                transitions=tuple(Transition(**{**t, "mode": TransitionMode(t["mode"])})
-                                  for t in d["transitions"]),
+                transitions=tuple(transition(t) for t in d["transitions"]),
                 subtitles=tuple(d["subtitles"]),
                 fps=d["fps"],
                 frames_per_chunk=d["frames_per_chunk"],
                 total_chunks=d["total_chunks"],
                 temporal_compression=d.get("temporal_compression", 4),
+                opening=None if d.get("opening") is None else transition(d["opening"]),
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise TimelineError(f"not a serialised timeline: {e}", field="dict") from e
+
+
+def _transition_dict(t: Transition) -> dict[str, Any]:
+    return {"at_chunk": t.at_chunk, "from_scene": t.from_scene, "to_scene": t.to_scene, "mode": t.mode.value,
+            "recall_source": t.recall_source, "recall_name": t.recall_name}
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -209,6 +241,15 @@ class _Tag:
     marker: str | None
     recall_source: int | None
     marker_column: int  # column of the marker (or of '[' when there is none) in the original text
+    recall_name: str | None = None  # "@name": a saved scene
+
+
+@dataclass(frozen=True)
+class Opening:
+    """The `[@name]` / `[@]` tag of the first scene: the video opens with a recall of a saved scene."""
+
+    name: str | None  # None: routed among the saved scenes
+    column: int
 
 
 _NUM = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
@@ -235,8 +276,11 @@ def _split_parts(scene_text: str) -> list[_Part]:
     return parts
 
 
-def _parse_tag(part: _Part, body: str, col: int) -> _Tag:
+def _parse_tag(part: _Part, body: str, col: int) -> _Tag | Opening:
     """Parse the text between '[' (at column `col`) and ']'."""
+    m_open = re.fullmatch(rf"\s*@\s*({SCENE_NAME})?\s*", body)
+    if m_open:
+        return Opening(m_open[1], col)
     m = _TAG_BODY.fullmatch(body)
     assert m is not None  # every group is optional
 
@@ -269,17 +313,22 @@ def _parse_tag(part: _Part, body: str, col: int) -> _Tag:
         if n < 1:
             raise _fail(part, at("rest"), "recall_source", f"{shown}: scenes are numbered from 1; {TAG_FIX}")
         return _Tag(seconds, "@", n, at("rest"))
+    m_name = re.fullmatch(rf"@\s*({SCENE_NAME})", rest)
+    if m_name:
+        return _Tag(seconds, "@", None, at("rest"), m_name[1])
     if re.fullmatch(r"#\s*[0-9]+", rest):
         raise _fail(part, at("rest"), "marker",
                     f"{shown}: a scene number can only follow '@' (recall), not '#'; {TAG_FIX}")
     raise _fail(part, at("rest"), "marker",
-                f"unknown marker {rest!r} in {shown}: use '#' for a hard cut, '@' for a recall or nothing for "
-                f"the default transition; {TAG_FIX}")
+                f"unknown marker {rest!r} in {shown}: use '#' for a hard cut, '@' for a recall (then a scene number "
+                f"or a saved scene's name: a letter first, then letters, digits, '_', '.', '-') or nothing for the "
+                f"default transition; {TAG_FIX}")
 
 
-def _parse_part(part: _Part) -> tuple[str, _Tag | None]:
-    """Split one scene into prompt text and its (at most one) tag; columns refer to the original text."""
-    text, tag, pieces, i = part.raw, None, [], 0
+def _parse_part(part: _Part) -> tuple[str, _Tag | None, Opening | None]:
+    """Split one scene into prompt text, its (at most one) tag and (first scene only) its opening tag; columns
+    refer to the original text."""
+    text, tag, opening, pieces, i = part.raw, None, None, [], 0
     while True:
         j_open, j_close = text.find("[", i), text.find("]", i)
         if j_close != -1 and (j_open == -1 or j_close < j_open):
@@ -293,10 +342,17 @@ def _parse_part(part: _Part) -> tuple[str, _Tag | None]:
             raise _fail(part, part.column + j_open, "tag",
                         f"unclosed '[' (a '|', ';' or another '[' comes before ']'); {TAG_FIX}; {NO_ESCAPE}")
         parsed = _parse_tag(part, text[j_open + 1:j_close], part.column + j_open)
-        if tag is not None:
+        if isinstance(parsed, Opening):
+            if part.index != 0 or opening is not None:
+                what = "a second opening tag" if opening is not None else "an opening tag on a later scene"
+                raise _fail(part, part.column + j_open, "opening", f"{what} ('{text[j_open:j_close + 1]}'); "
+                            f"{OPENING_FIX}")
+            opening = parsed
+        elif tag is not None:
             raise _fail(part, part.column + j_open, "duration",
                         f"more than one duration tag ('{text[j_open:j_close + 1]}'); keep one tag per scene")
-        tag = parsed
+        else:
+            tag = parsed
         pieces.append(text[i:j_open])
         i = j_close + 1
     # Join the text around a removed tag with a single space ("a [10s] cat" -> "a cat").
@@ -304,7 +360,7 @@ def _parse_part(part: _Part) -> tuple[str, _Tag | None]:
     if not prompt:
         raise _fail(part, part.column, "prompt", "the scene has no prompt text, only a tag; write what the "
                     "scene shows before or after the tag, e.g. 'a cat on a sofa [10s]'")
-    return prompt, tag
+    return prompt, tag, opening
 
 
 def _check_positive(name: str, value: Any, integer: bool) -> None:
@@ -325,6 +381,7 @@ class ScriptScene:
     recall_source: int | None  # 1-based, from an inline "@N"
     part: _Part = field(compare=False, repr=False)  # where it sits in the text, for errors
     tag: _Tag | None = field(compare=False, repr=False)
+    recall_name: str | None = None  # from an inline "@name"
 
 
 @dataclass(frozen=True)
@@ -334,6 +391,7 @@ class TimelineScript:
 
     scenes: tuple[ScriptScene, ...]
     subtitles: tuple[str, ...]  # as written (not yet padded to the scene count)
+    opening: Opening | None = None  # `[@name]` on the first scene: the video opens with a recall
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -341,7 +399,7 @@ class TimelineScript:
 
     @property
     def has_recall(self) -> bool:
-        return any(s.marker == "@" for s in self.scenes)
+        return self.opening is not None or any(s.marker == "@" for s in self.scenes)
 
     def schedule(self, *, fps: float = 16, frames_per_chunk: int = 3, temporal_compression: int = 4,
                  default_mode: TransitionMode | str = TransitionMode.SMOOTH, default_chunks_per_scene: int = 21,
@@ -395,31 +453,38 @@ class TimelineScript:
 
         scenes, start = [], 0
         for s, count in zip(self.scenes, chunks):
-            scenes.append(Scene(s.index, s.prompt, s.seconds, s.marker, s.recall_source, start, count))
+            scenes.append(Scene(s.index, s.prompt, s.seconds, s.marker, s.recall_source, start, count, s.recall_name))
             start += count
         transitions = []
         for i in range(n - 1):
             src = scenes[i] if outgoing else scenes[i + 1]
             mode = MARKER_MODES.get(src.marker or "", default_mode)
             manual = None if src.recall_source is None else src.recall_source - 1
-            transitions.append(Transition(scenes[i + 1].start_chunk, i, i + 1, mode, manual))
+            transitions.append(Transition(scenes[i + 1].start_chunk, i, i + 1, mode, manual, src.recall_name))
         subs = (list(self.subtitles) + [""] * n)[:n]
-        return Timeline(tuple(scenes), tuple(transitions), tuple(subs), fps, fpc, total_chunks, tc)
+        opening = None if self.opening is None else \
+            Transition(0, -1, 0, TransitionMode.RECALL, None, self.opening.name)
+        return Timeline(tuple(scenes), tuple(transitions), tuple(subs), fps, fpc, total_chunks, tc, opening)
 
 
 def _check_manual_recalls(scenes: tuple[ScriptScene, ...], outgoing: bool, semantics: MarkerSemantics) -> None:
     """An inline "@N" must name a scene that is finished before the destination scene starts."""
     n = len(scenes)
     for s in scenes:
-        if s.tag is None or s.recall_source is None:
+        if s.tag is None or (s.recall_source is None and s.recall_name is None):
             continue
         dest = s.index + 1 if outgoing else s.index
         col = s.tag.marker_column
         if dest >= n if outgoing else dest == 0:
             which = "last" if outgoing else "first"
+            what = f"@{s.recall_source}" if s.recall_name is None else f"@{s.recall_name}"
+            hint = "remove the scene number or move the marker" if s.recall_name is None else \
+                "move the marker" + ("" if outgoing else "; to open the video with a saved scene write [@name]")
             raise _fail(s.part, col, "recall_source",
-                        f"'@{s.recall_source}' is on the {which} scene, whose marker has no transition "
-                        f"({semantics.value} markers); remove the scene number or move the marker")
+                        f"'{what}' is on the {which} scene, whose marker has no transition "
+                        f"({semantics.value} markers); {hint}")
+        if s.recall_name is not None:
+            continue  # a saved scene: the run checks that it is loaded
         if not 1 <= s.recall_source <= dest:
             raise _fail(s.part, col, "recall_source",
                         f"'@{s.recall_source}' must name an earlier scene than scene {dest + 1} (which it "
@@ -436,14 +501,15 @@ def parse_script(text: str) -> TimelineScript:
     if not parts:
         raise TimelineError("the timeline has no scenes; write prompts separated by '|', e.g. "
                             "'a cat on a sofa [10s] | the cat jumps down [5s#]'", column=0, field="text")
-    scenes = []
+    scenes, opening = [], None
     for part in parts:
-        prompt, tag = _parse_part(part)
+        prompt, tag, opens = _parse_part(part)
+        opening = opening or opens
         scenes.append(ScriptScene(part.index, prompt, None if tag is None else tag.seconds,
                                   None if tag is None else tag.marker, None if tag is None else tag.recall_source,
-                                  part, tag))
+                                  part, tag, None if tag is None else tag.recall_name))
     subs = tuple(s.strip() for s in rest[0].split("|")) if rest else ()
-    return TimelineScript(tuple(scenes), subs)
+    return TimelineScript(tuple(scenes), subs, opening)
 
 
 def parse_timeline(text: str, *, fps: float = 16, frames_per_chunk: int = 3, temporal_compression: int = 4,

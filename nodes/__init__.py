@@ -8,6 +8,7 @@ from . import timeline_route  # noqa: F401  (registers GET/POST /echo_forcing/ti
 from .loader import LoadARVideoModel
 from .memory import DecaySettings, SceneMemoryCache
 from .sampler import EchoForcingSampler
+from .scenes import LoadSceneMemory, SaveSceneMemory
 from .timeline import EchoStandinTextEncoder, PromptTimeline, RecallScene
 from .toy import EchoToyDecode, EchoToyTextEncoder
 
@@ -21,6 +22,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     EchoStandinTextEncoder,
     EchoToyTextEncoder,
     EchoToyDecode,
+    SaveSceneMemory, LoadSceneMemory,  # the scene library (nodes/scenes.py)
 ]
 
 

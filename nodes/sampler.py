@@ -27,6 +27,7 @@ from ._host import (
     to_model_space,
     to_vae_space,
 )
+from .scenes import Scenes, run_scenes
 
 MAX_SIZE = 4096
 FRAMES = ["auto", "3 (chunk-wise)", "1 (frame-wise)"]
@@ -59,7 +60,8 @@ class EchoForcingSampler(io.ComfyNode):
                                tooltip="auto: what Load AR Video Model chose, or 3 for a stock MODEL. Frame-wise "
                                        "models (e.g. causal_forcing-framewise via Load Diffusion Model) need 1."),
             ],
-            outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="memory_report")],
+            outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="memory_report"),
+                     Scenes.Output(display_name="scenes", tooltip="The finished scenes, for Save Scene Memory.")],
         )
 
     @classmethod
@@ -81,7 +83,7 @@ class EchoForcingSampler(io.ComfyNode):
             raise checks.node_error(e) from None
         start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space, resolved.spatial_compression)
         with torch.inference_mode():  # as ComfyUI's executor does; also covers direct calls (tests, scripts)
-            chunks, report = _generate(resolved, timeline, memory or MemorySpec(), plan, seed, sampler, start)
+            chunks, report, scenes = _generate(resolved, timeline, memory or MemorySpec(), plan, seed, sampler, start)
         video = torch.cat(([start.cpu()] if start is not None else []) + chunks, dim=2)
         report["latent_shape"] = list(video.shape)
         samples = to_vae_space(video, resolved.latent_space)
@@ -91,7 +93,7 @@ class EchoForcingSampler(io.ComfyNode):
         latent = {"samples": samples}
         if resolved.latent_space != WAN21:  # lets a matching decode node check what it is given
             latent["echo_latent_space"] = resolved.latent_space
-        return io.NodeOutput(latent, text, ui={"text": [summary]})
+        return io.NodeOutput(latent, text, scenes, ui={"text": [summary]})
 
 
 def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, sampler, start):
@@ -115,8 +117,9 @@ def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, 
         run.close()  # frees the cache even when an interrupt or error left the loop early
         free_memory()
     report = run.report()
+    scenes = run_scenes(run)  # the run's finished scenes (recall frames) for Save Scene Memory
     del run
-    return chunks, report
+    return chunks, report, scenes
 
 
 def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str,

@@ -93,7 +93,7 @@ def test_object_info_lists_the_six_nodes(server):
     assert set(sampler["input"]["required"]) == {"model", "timeline", "seed", "width", "height", "steps"}
     assert set(sampler["input"]["optional"]) == {"memory", "start_latent", "frames_per_chunk"}
     assert sampler["input"]["required"]["model"][0] == "ECHO_AR_MODEL,MODEL"
-    assert sampler["output"] == ["LATENT", "STRING"]
+    assert sampler["output"] == ["LATENT", "STRING", "ECHO_SCENES"]
     loader = info["EchoLoadARVideoModel"]
     files = loader["input"]["required"]["model_name"][1]["options"]
     assert "echo-forcing-toy (bundled demo)" in files and "tiny_self_forcing.pt" in files

@@ -4,6 +4,13 @@ Renders a 30-second, 4-segment timeline over 3 scenes - a smooth transition (sam
 to a new scene, then a recall of the first scene - with Echo-Forcing memory, decoding each chunk as soon as it
 is generated. Writes the MP4, a PNG contact sheet with scene boundaries and transition modes marked, and
 prints the memory report.
+
+The scene library: `--save-scenes DIR` saves the demo's scenes (named demo-1 ... demo-4); `--sequel --scene-library
+DIR` renders a second video that opens on the saved first scene ([@demo-1]), cuts to a new place and recalls the
+saved third scene by name (@demo-3), days later as far as the model is concerned:
+
+    python -m echo_core demo --save-scenes out/scenes
+    python -m echo_core demo --sequel --scene-library out/scenes --out out/sequel.mp4
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ DEMO_TIMELINE = (
     " | a yellow triangle moving up and a white square standing still on a green checkered background [7s@]"
     " | a red circle moving right on a blue striped background [8s]"
 )
+# The second demo timeline: starts with a recall of the first demo's saved scene 1, ends on its saved scene 3.
+DEMO_SEQUEL_TIMELINE = (
+    "[@demo-1] a red circle bouncing on a blue striped background [8s#]"
+    " | a white square moving left on an orange dotted background [7s@demo-3]"
+    " | a yellow triangle moving up and a white square standing still on a green checkered background [7s]"
+)
 
 
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,6 +52,12 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--scale", type=int, default=4, help="pixel upscaling of the written video (default 4)")
     p.add_argument("--weights", type=Path, default=None, help="toy weights folder (default: bundled)")
     p.add_argument("--report", type=Path, default=None, help="write the full memory report as JSON here")
+    p.add_argument("--sequel", action="store_true",
+                   help="render the second demo timeline, which opens on the first demo's saved scene 1 (needs "
+                        "--scene-library with the scenes `demo --save-scenes` wrote)")
+    from echo_core.scenes_cli import add_scene_flags
+
+    add_scene_flags(p)  # --save-scenes (demo scenes are named demo-N), --scene-library, --scenes, --scene-names
     p.set_defaults(handler=run_demo)
     return p
 
@@ -66,10 +85,18 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         bundle = load_toy_model(args.weights)
     except (FileNotFoundError, ValueError) as e:
         raise InputError("--weights", str(e)) from None
+    if args.sequel:
+        if args.timeline != DEMO_TIMELINE:
+            raise InputError("--sequel", "renders its own timeline; drop --timeline")
+        if args.scene_library is None:
+            raise InputError("--sequel", "recalls the first demo's saved scenes: add --scene-library DIR (written by "
+                                         "`python -m echo_core demo --save-scenes DIR`)")
+        args.timeline = DEMO_SEQUEL_TIMELINE
     try:
         spec = timeline_spec(bundle, args.timeline)
     except EchoError as e:
         raise e.relabel("--timeline") from None
+    scenes = _scene_options(args, spec.schedule(bundle.frames_per_chunk))
     sampler = bundle.sampler_config
     if args.steps is not None:
         from dataclasses import replace
@@ -80,7 +107,13 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                                                          for i in range(args.steps)))
     policy = args.memory
     memory = MemorySpec(policy=policy)
-    run = start_toy_run(bundle, spec, policy=memory, seed=args.seed, sampler=sampler)
+    if scenes.scenes or scenes.save_dir is not None:  # routing with saved scenes needs the encoder itself
+        from echo_core.toy.scenes import start_toy_scene_run
+
+        run = start_toy_scene_run(bundle, args.timeline, saved=scenes.scenes, policy=memory, seed=args.seed,
+                                  sampler=sampler)
+    else:
+        run = start_toy_run(bundle, spec, policy=memory, seed=args.seed, sampler=sampler)
     timeline = run.timeline
     sheet_path = args.sheet or args.out.with_suffix(".png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,10 +145,22 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=1))
     print_memory_summary(report, timeline)
+    saved = scenes.save(run.run)
+    for path in saved:
+        print(f"  saved scene: {path}", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "sheet": str(sheet_path), "frames": timeline.video_frames,
                       "seconds": round(timeline.video_frames / bundle.fps, 2), "memory": policy,
-                      "wall_s": round(wall, 1)}))
+                      "wall_s": round(wall, 1), **({"saved_scenes": saved} if saved else {})}))
     return report
+
+
+def _scene_options(args: argparse.Namespace, timeline: Any) -> Any:
+    """Saved scenes to load and where to save the demo's (named demo-N unless --scene-names says otherwise)."""
+    from echo_core.scenes_cli import scene_options
+
+    if args.save_scenes is not None and args.scene_names is None:
+        args.scene_names = ",".join(f"{i + 1}=demo-{i + 1}" for i in range(len(timeline.scenes)))
+    return scene_options(args, timeline)
 
 
 def print_memory_summary(report: dict[str, Any], timeline: Any) -> None:

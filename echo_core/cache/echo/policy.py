@@ -19,6 +19,8 @@ Where this differs from the official code (spec references; defaults otherwise r
   scene end not flagged by the sampler is finished at the next switch. Without a router, recall takes the
   manual or newest pool scene with jump = rope_jump.value.
 * A chunk shorter than frames_per_chunk (e.g. a 1-frame start-image prefill) is accepted while the window fills.
+* Ours: saved scenes (the scene library) are pre-loaded into the pool; `@name` recalls one by name, and a video may
+  open with a recall (`open_with`): the first chunk starts from [recall frame] exactly as after a recall switch.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from echo_core.cache.echo.memory import (
     switch_slots,
 )
 from echo_core.cache.echo.recall import ScenePool, SceneRecorder
-from echo_core.cache.echo.transitions import mode_name, plan_switch
+from echo_core.cache.echo.transitions import mode_name, plan_switch, requested_source
 from echo_core.cache.echo.window import Window
 from echo_core.config import EchoConfig
 
@@ -67,6 +69,14 @@ class EchoCache(CachePolicy):
         self._switch_report: dict[str, Any] | None = None
         self._plan: ChunkPlan | None = None
         self._progress = ChunkProgress(set())
+        self._opening: Any = None  # a recall into the first scene (timeline.Transition), see open_with
+        self._opening_tensors: tuple | None = None  # that switch's tensor edits, replayed as layers allocate
+
+    def open_with(self, transition: Any) -> None:
+        """Open the video with `transition` (a recall of a pre-loaded saved scene) before its first chunk."""
+        if self._grid is not None:
+            raise RuntimeError("open_with must be called before the first chunk")
+        self._opening = transition
 
     @property
     def slots(self) -> list[SlotInfo]:
@@ -79,14 +89,21 @@ class EchoCache(CachePolicy):
             raise ValueError(f"chunk {chunk.index} has {c} frames; EchoCache takes 1..frames_per_chunk "
                              f"({self.mem.frames_per_chunk}) frames per chunk (memory.frames_per_chunk)")
         rows, cols = chunk.grid
+        opening = None
         if self._grid is None:
             self._grid = (rows, cols)
             self.scenes.scene = chunk.scene_index
+            opening, self._opening = self._opening, None
         elif (rows, cols) != self._grid:
             raise ValueError(f"chunk grid changed from {self._grid} to {(rows, cols)} within one run; "
                              "use a new EchoCache per resolution")
         self._switch_report = None
-        if chunk.scene_index != self.scenes.scene or (chunk.transition is not None and chunk.index > 0):
+        self._opening_tensors = None
+        if opening is not None:
+            if chunk.prefill:
+                raise ValueError("a video that opens with a recall cannot also continue start latents")
+            self._switch(chunk, opening)
+        elif chunk.scene_index != self.scenes.scene or (chunk.transition is not None and chunk.index > 0):
             self._switch(chunk)
         super().begin_chunk(chunk)
         placed = self.layout.place(chunk, self.source.meta)
@@ -110,29 +127,39 @@ class EchoCache(CachePolicy):
             raise RuntimeError("EchoCache.begin_chunk must be called before attend / end_chunk")
         return self._plan
 
-    def _switch(self, chunk: ChunkInfo) -> None:
-        """Rebuild the window for the scene `chunk` opens (§6.3)."""
+    def _switch(self, chunk: ChunkInfo, transition: Any = None) -> None:
+        """Rebuild the window for the scene `chunk` opens (§6.3); `transition`: the opening recall of a video."""
         if not self.scenes.finished:
             self.scenes.finish()  # the sampler did not flag the previous chunk as the scene's end
-        transition = chunk.transition
+        transition = transition or chunk.transition
         mode = mode_name(transition.mode) if transition is not None else "smooth"
         plan = plan_switch(mode, self.config, self.pool, dest_scene=chunk.scene_index,
                            cache_frames=len(self.slots), has_select=self.scenes.first_frame(0) is not None,
-                           router=self.router, manual=getattr(transition, "recall_source", None))
+                           router=self.router, manual=requested_source(transition, self.pool))
         s, r, o = chunk.tokens_per_frame, plan.memory_frames, plan.old_recent
         # "slot0" (or none): slot 0 keeps what it holds
         memory = {"pool": plan.memory, "current_select": self.scenes.first_frames()}.get(plan.memory_from)
-        self.window.rebuild(len(self.slots), r, o, s, memory)
         slots = switch_slots(self.slots, r, o, plan.memory_label, plan.memory_from == "slot0")
+        self._switch_tensors(len(self.slots), r, o, s, memory, slots, plan.decay)
+        if self.window.layers[0] is None:  # the opening of a video: layers allocate during its first call
+            self._opening_tensors = (r, o, s, memory, slots, plan.decay)
         self.layout.restart(slots, r + o, plan.scene_local_timing, plan.rope_position_mode, plan.jump)
-        self.source.restart(slots, self.window.layers, r + o, s)
         self.ring.reset()
         self.scenes.start(chunk.scene_index)
-        self.decay.start(plan.decay, s)
         if mode != "smooth":  # a cut or recall starts a new smooth chain (§6.2)
             self.pool.reset_smooth_anchors()
         self._switch_report = dict(mode=mode, implicit=transition is None, memory=plan.memory_label,
                                    old_recent_frames=o, rope_jump=plan.jump, routing=plan.routing)
+        if getattr(transition, "from_scene", 0) < 0:
+            self._switch_report["opening"] = True
+
+    def _switch_tensors(self, frames: int, r: int, o: int, s: int, memory: Any, slots: list[SlotInfo],
+                        decay: Any) -> None:
+        """A switch's edits of the allocated layers' tensors: window [memory | old recent], anchor source, decay.
+        Idempotent on layers already edited, so the opening replays it as each layer allocates."""
+        self.window.rebuild(frames, r, o, s, memory)
+        self.source.restart(slots, self.window.layers, r + o, s)
+        self.decay.start(decay, s)
 
     # ------------------------------------------------------------------------------------------ attention
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionInputs:
@@ -144,6 +171,8 @@ class EchoCache(CachePolicy):
         if self.window.layers[layer] is None:
             for part in self._parts():
                 part.allocate(layer, k, s)
+            if self._opening_tensors is not None:
+                self._switch_tensors(0, *self._opening_tensors)
         if layer in self._progress.pending_compress:  # the chunk's first call re-selects the compressed region
             self._progress.pending_compress.discard(layer)
             keys, values = self.ring.select(layer, q, s)
@@ -246,3 +275,4 @@ class EchoCache(CachePolicy):
         self.pool.reset_smooth_anchors()
         self.layout.slots = []
         self._plan = None
+        self._opening = self._opening_tensors = None

@@ -5,6 +5,9 @@ location p: its frames 0, 4, 8 (official sampling) are scored per location again
 fused (`score_weighted`: 90 % first frame + 10 % softmax blend; `token_select`: best frame per location).
 The pool keeps, per scene, that recall frame ("compress") and/or the scene's first frame ("select"), bounded to
 the newest `pool_max_size` scenes. Entries are stored in the model's dtype on `device` (official: float32 on CPU).
+Saved scenes of the scene library (echo_core.scene_library, the files) are pre-loaded as named entries before a
+run starts: only a recall reaches them (by name or by routing), they are never the "newest" memory of a smooth
+switch or a hard cut, and the size bound does not evict them.
 `SceneRecorder` collects, while a scene runs, what its recall frame is fused from and its first frame.
 """
 
@@ -52,6 +55,11 @@ class PoolEntry:
     scene_index: int
     select: LayerKV | None = None  # the scene's first latent frame
     compress: LayerKV | None = None  # the scene recall frame
+    name: str | None = None  # a saved scene's name (pre-loaded from the library; read-only tensors)
+
+    @property
+    def saved(self) -> bool:
+        return self.name is not None
 
     def layers(self, kind: str) -> LayerKV | None:
         return self.select if kind == "select" else self.compress
@@ -86,8 +94,22 @@ class ScenePool:
                 return e
         e = PoolEntry(scene_index)
         self.entries.append(e)
-        del self.entries[:-self.max_size]  # keep the newest max_size
+        in_run = [x for x in self.entries if not x.saved]
+        if len(in_run) > self.max_size:  # keep the newest max_size scenes of this run (saved scenes stay)
+            dropped = {id(x) for x in in_run[:-self.max_size]}
+            self.entries = [x for x in self.entries if id(x) not in dropped]
         return e
+
+    def preload(self, scene_index: int, name: str, compress: LayerKV | None, select: LayerKV | None) -> PoolEntry:
+        """A saved scene, as is (no copy: pool entries are never written to), before the run's own scenes."""
+        if any(e.scene_index == scene_index or e.name == name for e in self.entries):
+            raise ValueError(f"the pool already holds scene {scene_index} or a saved scene named {name!r}")
+        e = PoolEntry(scene_index, select, compress, name)
+        self.entries.append(e)
+        return e
+
+    def named(self, name: str) -> PoolEntry | None:
+        return next((e for e in self.entries if e.name == name), None)
 
     def add(self, scene_index: int, kind: str, layers: LayerKV) -> LayerKV:
         stored = self.store(layers)
@@ -102,7 +124,8 @@ class ScenePool:
         return [e for e in self.entries if e.layers(kind) is not None]
 
     def newest(self, kind: str) -> PoolEntry | None:
-        found = self.with_kind(kind)
+        """The run's newest scene with this kind of memory (saved scenes are only recalled)."""
+        found = [e for e in self.with_kind(kind) if not e.saved]
         return found[-1] if found else None
 
     def get(self, scene_index: int, kind: str) -> PoolEntry | None:

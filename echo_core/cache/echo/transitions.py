@@ -45,6 +45,18 @@ def mode_name(mode: Any) -> str:
     return str(getattr(mode, "value", mode)).lower()
 
 
+def requested_source(transition: Any, pool: ScenePool) -> int | None:
+    """The pool scene a transition asks for by hand: its `@N` (0-based) or the saved scene of its `@name`."""
+    name = getattr(transition, "recall_name", None)
+    if name is None:
+        return getattr(transition, "recall_source", None)
+    entry = pool.named(name)
+    if entry is None:  # the run checks the names before it starts; this is a hand-driven cache
+        raise ValueError(f"the timeline recalls the saved scene {name!r}, which is not loaded "
+                         f"(loaded: {[e.name for e in pool.entries if e.saved]})")
+    return entry.scene_index
+
+
 def plan_switch(mode: Any, cfg: EchoConfig, pool: ScenePool, *, dest_scene: int, cache_frames: int,
                 has_select: bool, router: Any = None, manual: int | None = None) -> SwitchPlan:
     """Decide the switch into scene `dest_scene` (0-based). `cache_frames`: frames in the window now;
@@ -127,4 +139,7 @@ def _route(cfg: EchoConfig, pool: ScenePool, kind: str, dest_scene: int, router:
     entry = pool.get(chosen, kind)
     assert entry is not None  # chosen among the pool's scenes of this kind
     what = "recall frame" if kind == "compress" else "first frame"
+    if entry.saved:
+        report["name"] = entry.name
+        return entry.layers(kind), f"{what} of saved scene {entry.name!r}", report, jump
     return entry.layers(kind), f"{what} of scene {chosen}", report, jump
