@@ -1,8 +1,9 @@
 """Echo-Forcing Sampler: chunk-by-chunk generation of a (multi-scene) video as a LATENT for VAE Decode.
 
-Owns: model / timeline / memory wiring, seed, size, denoising steps, the optional start latent, progress and
-the memory report. The run itself (cache, routing, chunk loop) is echo_core.session.run_session; every piece
-of run state is created inside one execute call and freed when it returns or is interrupted.
+Owns: model / timeline / memory wiring, seed, size, denoising steps (`auto`: what the model was made for), the
+optional start latent, progress, the memory report and the timeline's fps (for Create Video). The run itself
+(cache, routing, chunk loop) is echo_core.session.run_session; every piece of run state is created inside one
+execute call and freed when it returns or is interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from echo_core.config import ConfigError
-from echo_core.session import MemorySpec, SpecError, TimelineSpec, memory_report, plan_run, run_session, sampler_config
+from echo_core.session import MemorySpec, SpecError, TimelineSpec, memory_report, plan_run, run_session
 
 from . import types
 from ._host import (
@@ -23,11 +24,15 @@ from ._host import (
     free_memory,
     load_to_device,
     resolve_model,
+    run_sampler,
+    run_size,
     to_model_space,
     to_vae_space,
 )
+from .report import run_summary, summary_text
 
 MAX_SIZE = 4096
+AUTO = 0  # width / height / steps: what the model was made for (nodes._host.run_size / run_sampler)
 FRAMES = ["auto", "3 (chunk-wise)", "1 (frame-wise)"]
 
 
@@ -44,21 +49,40 @@ class EchoForcingSampler(io.ComfyNode):
                 io.MultiType.Input("model", [types.ARVideoModel, io.Model],
                                    tooltip="Load AR Video Model, or a stock Wan2.1 T2V MODEL (Load Diffusion Model, "
                                            "GGUF, fp8, LoRA loaders)."),
-                types.Timeline.Input("timeline"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("width", default=832, min=16, max=MAX_SIZE, step=16),
-                io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16),
-                io.Int.Input("steps", default=4, min=1, max=50,
-                             tooltip="Denoising steps per chunk (4: Self-Forcing's 1000, 750, 500, 250)."),
+                types.Timeline.Input("timeline", tooltip="The scenes to generate: Prompt Timeline (or Recall Scene "
+                                                         "after it)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed; the same seed and settings give the same video."),
+                io.Int.Input("width", default=AUTO, min=0, max=MAX_SIZE, step=16,
+                             tooltip="Video width in pixels. 0 = auto: the model's native size (bundled demo model "
+                                     "48, Wan2.1 832)."),
+                io.Int.Input("height", default=AUTO, min=0, max=MAX_SIZE, step=16,
+                             tooltip="Video height in pixels. 0 = auto: the model's native size (bundled demo model "
+                                     "48, Wan2.1 480)."),
+                io.Int.Input("steps", default=AUTO, min=0, max=50,
+                             tooltip="Denoising steps per chunk. 0 = auto: the schedule the model was made for "
+                                     "(bundled demo model: its own 12 steps; Wan: Self-Forcing's 4 steps 1000, 750, "
+                                     "500, 250)."),
                 types.Memory.Input("memory", optional=True,
                                    tooltip="Scene Memory Cache settings (default: Echo-Forcing, official values)."),
                 io.Latent.Input("start_latent", optional=True,
-                                tooltip="VAE-encoded frames to continue from (image-to-video / extend a video)."),
+                                tooltip="Frames to continue from (extend a video / start from an image): VAE Encode "
+                                        "with the Wan 2.1 VAE, or Echo Toy Encode for the bundled demo model. They are "
+                                        "written into the cache first and stay at the start of the output."),
                 io.Combo.Input("frames_per_chunk", options=FRAMES, default="auto", optional=True,
                                tooltip="auto: what Load AR Video Model chose, or 3 for a stock MODEL. Frame-wise "
                                        "models (e.g. causal_forcing-framewise via Load Diffusion Model) need 1."),
             ],
-            outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="memory_report")],
+            outputs=[
+                io.Latent.Output(display_name="latent",
+                                 tooltip="The video latent (start frames included): VAE Decode for Wan, Echo Toy "
+                                         "Decode for the bundled demo model."),
+                io.String.Output(display_name="memory_report",
+                                 tooltip="JSON: per-chunk cache reports, peak cache, timings and the summary drawn "
+                                         "on this node (machine-readable; e.g. Save Text or Preview Any)."),
+                io.Float.Output(display_name="fps",
+                                tooltip="The timeline's frames per second, for Create Video's fps."),
+            ],
         )
 
     @classmethod
@@ -69,25 +93,28 @@ class EchoForcingSampler(io.ComfyNode):
             raise NodeInputError("timeline", f"expected a Prompt Timeline output, got {type(timeline).__name__}")
         resolved = resolve_model(model)
         fpc = resolved.frames_per_chunk if frames_per_chunk == "auto" else int(frames_per_chunk.split()[0])
+        height, width = run_size(resolved, width, height)
         try:
             plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
-            sampler = sampler_config(steps, fpc, resolved.shift, resolved.sampler)
+            sampler = run_sampler(resolved, steps, fpc)
         except (SpecError, ConfigError) as e:
             raise NodeInputError(getattr(e, "field", "timeline"), str(e).split(": ", 1)[-1]) from None
-        start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space)
+        start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space, resolved.spatial_compression)
         with torch.inference_mode():  # as ComfyUI's executor does; also covers direct calls (tests, scripts)
-            chunks, reports = _generate(resolved, timeline, memory, plan, seed, sampler, start)
+            chunks, reports, device = _generate(resolved, timeline, memory, plan, seed, sampler, start)
         video = torch.cat(([start.cpu()] if start is not None else []) + chunks, dim=2)
         report = memory_report(reports, plan, memory)
         report["latent_shape"] = list(video.shape)
+        report["start_frames"] = 0 if start is None else int(start.shape[2])
+        summary = run_summary(report, plan.timeline, device=str(device), size=(height, width),
+                              steps=len(sampler.denoising_steps), fps=timeline.fps)
+        report["summary"] = summary
         samples = to_vae_space(video, resolved.latent_space)
-        text = json.dumps(report)
-        summary = (f"{len(chunks)} chunks, {video.shape[2]} latent frames, peak cache {report['peak_cache_mb']} MB "
-                   f"({report['peak_cache_tokens']} tokens), {report['wall_s']} s")
         latent = {"samples": samples}
         if resolved.latent_space != WAN21:  # lets a matching decode node check what it is given
             latent["echo_latent_space"] = resolved.latent_space
-        return io.NodeOutput(latent, text, ui={"text": [summary]})
+        return io.NodeOutput(latent, json.dumps(report), float(timeline.fps),
+                             ui={"text": [summary_text(summary)], "echo_report": [summary]})
 
 
 def _generate(resolved, timeline, memory, plan, seed, sampler, start):
@@ -108,18 +135,24 @@ def _generate(resolved, timeline, memory, plan, seed, sampler, start):
         run.close()  # frees the cache even when an interrupt or error left the loop early
         del run
         free_memory()
-    return chunks, reports
+    return chunks, reports, device
 
 
-def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str) -> torch.Tensor | None:
+def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str,
+                   compression: int) -> torch.Tensor | None:
     if latent is None:
         return None
     samples = latent.get("samples") if isinstance(latent, dict) else None
     c, h, w = shape
+    encoder = "VAE Encode with the Wan 2.1 VAE" if space == WAN21 else "Echo Toy Encode"
     if samples is None or samples.ndim != 5 or samples.shape[1] != c or tuple(samples.shape[3:]) != (h, w):
         got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise NodeInputError("start_latent", f"expected a video latent [B, {c}, F, {h}, {w}] matching width/height "
-                                             f"{w * 8}x{h * 8} (VAE Encode with the Wan 2.1 VAE), got {got}")
+                                             f"{w * compression}x{h * compression} ({encoder}), got {got}")
+    tagged = latent.get("echo_latent_space", WAN21)
+    if tagged != space:
+        raise NodeInputError("start_latent", f"these latents are in the {tagged} latent space, the model samples in "
+                                             f"{space}; encode the frames with {encoder}")
     if samples.shape[0] != 1:
         raise NodeInputError("start_latent", f"one video at a time: the latent holds a batch of {samples.shape[0]}")
     return to_model_space(samples, space)

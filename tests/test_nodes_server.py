@@ -93,7 +93,8 @@ def test_object_info_lists_the_six_nodes(server):
     assert set(sampler["input"]["required"]) == {"model", "timeline", "seed", "width", "height", "steps"}
     assert set(sampler["input"]["optional"]) == {"memory", "start_latent", "frames_per_chunk"}
     assert sampler["input"]["required"]["model"][0] == "ECHO_AR_MODEL,MODEL"
-    assert sampler["output"] == ["LATENT", "STRING"]
+    assert sampler["output"] == ["LATENT", "STRING", "FLOAT"]
+    assert sampler["output_name"] == ["latent", "memory_report", "fps"]
     loader = info["EchoLoadARVideoModel"]
     files = loader["input"]["required"]["model_name"][1]["options"]
     assert "echo-forcing-toy (bundled demo)" in files and "tiny_self_forcing.pt" in files
@@ -103,6 +104,21 @@ def test_object_info_lists_the_six_nodes(server):
     assert info["EchoSceneMemoryCache"]["output"] == ["ECHO_MEMORY", "STRING"]
     assert info["EchoSceneMemoryCache"]["input"]["optional"]["decay"][0] == "ECHO_DECAY"
     assert info["EchoDecaySettings"]["output"] == ["ECHO_DECAY"]
+
+
+def test_every_input_and_output_has_a_tooltip(server):
+    info = server.object_info()
+    ours = {k: v for k, v in info.items() if v["category"].startswith("Echo-Forcing")}
+    assert len(ours) >= 10
+    missing = []
+    for node_id, node in ours.items():
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                if not (len(spec) > 1 and spec[1].get("tooltip")):
+                    missing.append(f"{node_id}.{name}")
+        tips = node.get("output_tooltips") or [None] * len(node["output"])
+        missing += [f"{node_id} -> {name}" for name, tip in zip(node["output_name"], tips) if not tip]
+    assert not missing, missing
 
 
 # --------------------------------------------------------------------------------------------- workflows
@@ -210,13 +226,17 @@ def test_bad_inputs_come_back_naming_the_field(server):
     msg = _rejected(server, latent_graph(model_name="no_such_model.safetensors"))
     assert "model_name" in msg and "no_such_model.safetensors" in msg
 
-    too_small = latent_graph()
-    too_small["6"]["inputs"]["width"] = 8
-    msg = _rejected_at_post(server, too_small)
-    assert "width" in msg and "8" in msg
-    no_steps = latent_graph()
-    no_steps["6"]["inputs"]["steps"] = 0
-    assert "steps" in _rejected_at_post(server, no_steps)
+    negative = latent_graph()
+    negative["6"]["inputs"]["width"] = -16
+    msg = _rejected_at_post(server, negative)
+    assert "width" in msg and "-16" in msg
+    off_grid = latent_graph()  # 0 is auto, 16, 32, ... are sizes; 8 is neither
+    off_grid["6"]["inputs"]["width"] = 8
+    msg = _rejected(server, off_grid)
+    assert "width:" in msg and "multiples of 16" in msg
+    negative_steps = latent_graph()
+    negative_steps["6"]["inputs"]["steps"] = -1
+    assert "steps" in _rejected_at_post(server, negative_steps)
 
     msg = _rejected(server, latent_graph(model_name="wrong_architecture.safetensors", prefix="wrong"))
     assert "model_name:" in msg and "VAE" in msg
