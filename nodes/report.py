@@ -45,6 +45,8 @@ def run_summary(report: dict[str, Any], timeline: Any, *, device: str, size: tup
         "scenes": scenes,
         "chunks": len(chunks),
         "frames_per_chunk": report.get("frames_per_chunk"),
+        "start_frames": report.get("start_frames", 0),  # latent frames given to continue from
+        "latent_frames": (report.get("latent_shape") or [0, 0, 0])[2],  # start frames included
         "size": [size[1], size[0]],  # width, height
         "steps": steps,
         "fps": fps,
