@@ -80,8 +80,7 @@ NOTES = {
         DEMO_WORDS]),
     "Wan2.1 Self-Forcing": "\n\n".join([
         "## Wan2.1 Self-Forcing with Echo-Forcing memory",
-        "Three scenes, a recall of scene 1 at the end, 832x480, 4 steps per chunk (Self-Forcing's schedule). "
-        "Needs a GPU with about 12 GB.",
+        "Three scenes, a recall of scene 1 at the end, 832x480, 4 steps per chunk (Self-Forcing's schedule).",
         _files_note(["self_forcing_dmd.pt", "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"]),
         "Other causal Wan2.1-T2V-1.3B checkpoints load the same way in **Load AR Video Model** (LongLive "
         "`longlive_base.pt` + `lora.pt`, Rolling Forcing `rolling_forcing_dmd.pt`, CausVid, Causal Forcing).",
@@ -134,6 +133,8 @@ const [api, name, note, sources, modelWidgets, done] = arguments;
     if (n.type === 'EchoPromptTimeline') n.setSize([620, Math.max(h, 330)]);
     else if (n.type === 'SaveVideo' || n.type === 'LoadImage') n.setSize([Math.max(w, 360), Math.max(h, 380)]);
     else if (n.type in modelWidgets) n.setSize([Math.max(w, 360), h]);
+    else if (n.type === 'EchoForcingSampler') n.setSize([Math.max(w, 460), h]);  // room for its report
+    else if (n.type === 'EchoSceneMemoryCache') n.setSize([Math.max(w, 360), h]);  // and its budget
     else n.setSize([Math.max(w, 300), h]);
     const seed = n.widgets?.find(w => w.name === 'seed');
     const control = n.widgets?.find(w => w.name === 'control_after_generate');
