@@ -21,10 +21,11 @@ from echo_core.model.config import WanConfig
 from echo_core.sampler import SamplerConfig
 from echo_core.session import ModuleModel, SpecError, wan_config_of
 
+from .budget import WAN_SIZE  # (height, width) Wan2.1 T2V 1.3B and its causal students generate at
+
 TOY_LATENTS = "echo-toy"  # latent space of the bundled demo model's codec (echo_core.toy.loader.LATENT_SPACE)
 WAN21 = "wan21"  # latent space of the Wan 2.1 VAE (what ComfyUI's VAE Decode expects after process_out)
 AUTO = 0  # width / height / steps widget value meaning "what the model was made for"
-WAN_SIZE = (480, 832)  # (height, width) Wan2.1 T2V 1.3B and the causal models distilled from it generate at
 WAN_STEPS = 4  # Self-Forcing's few-step schedule (1000, 750, 500, 250)
 
 

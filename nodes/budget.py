@@ -29,9 +29,9 @@ from echo_core.session import MemorySpec, SpecError
 
 BUDGET_ROUTE = "/echo_forcing/budget"
 DECAY_ROUTE = "/echo_forcing/decay_defaults"
-TOY_MODEL = "echo-forcing-toy (bundled demo)"  # nodes.loader.TOY_MODEL (that module needs the host)
+TOY_MODEL = "echo-forcing-toy (bundled demo)"  # Load AR Video Model's entry for the bundled demo model
 WAN_LABEL = "Wan2.1 1.3B"
-WAN_SIZE = (480, 832)  # nodes._host.WAN_SIZE
+WAN_SIZE = (480, 832)  # (height, width): the sampler's and the budget's `auto` size for Wan models
 BYTES_PER_VALUE = 2  # bf16 / fp16 K/V
 
 # Scene Memory Cache input -> MemorySpec field, in MemorySpec's order.

@@ -13,8 +13,8 @@ from comfy_api.latest import io
 
 from . import types
 from ._host import ARModel, NodeInputError, wrap_module
+from .budget import TOY_MODEL
 
-TOY_MODEL = "echo-forcing-toy (bundled demo)"
 DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8"]
 FRAMES = ["auto", "3 (chunk-wise)", "1 (frame-wise)"]
 NO_LORA = "none"

@@ -18,6 +18,7 @@ from echo_core.session import MemorySpec, SpecError, TimelineSpec, memory_report
 
 from . import types
 from ._host import (
+    AUTO,
     WAN21,
     ChunkProgress,
     NodeInputError,
@@ -32,7 +33,6 @@ from ._host import (
 from .report import run_summary, summary_text
 
 MAX_SIZE = 4096
-AUTO = 0  # width / height / steps: what the model was made for (nodes._host.run_size / run_sampler)
 FRAMES = ["auto", "3 (chunk-wise)", "1 (frame-wise)"]
 
 

@@ -98,10 +98,22 @@ def test_every_template_opens_from_the_templates_menu(page, comfy_server, artifa
     assert not [e for e in severe if "echo" in e.lower()], severe
 
 
-def _wait_report(page, node_type: str = "EchoForcingSampler", timeout: float = 300) -> dict:
-    B.wait_js(page, f"app.graph._nodes.filter(n => n.type === {node_type!r})"
-                    f".every(n => n.echoReport && n.echoReport.summary)", timeout=timeout,
-              what="the report on the sampler node")
+def _wait_report(page, comfy_server, node_type: str = "EchoForcingSampler", timeout: float = 600) -> dict:
+    """Wait for the report on every sampler node; fail at once, with the server's words, if the run fails."""
+    script = (f"app.graph._nodes.filter(n => n.type === {node_type!r})"
+              f".every(n => n.echoReport && n.echoReport.summary)")
+    deadline = time.monotonic() + timeout
+    while not page.execute_script(f"return !!({script});"):
+        history = comfy_server.get_json("/history")
+        failed = [e["status"] for e in history.values() if e.get("status", {}).get("status_str") == "error"]
+        assert not failed, f"the run failed: {json.dumps(failed)[:3000]}; dialogs: {B.dialogs(page)}"
+        if time.monotonic() > deadline:
+            queue = comfy_server.get_json("/queue")
+            raise TimeoutError(f"no report on the sampler node after {timeout:.0f} s; queue running "
+                               f"{len(queue['queue_running'])}, pending {len(queue['queue_pending'])}; history "
+                               f"{[e.get('status') for e in history.values()][-2:]}; dialogs {B.dialogs(page)}; "
+                               f"log tail:\n{comfy_server.log_tail(15)}")
+        time.sleep(0.5)
     return page.execute_script(f"""
         const n = app.graph._nodes.find(n => n.type === {node_type!r});
         return {{summary: n.echoReport.summary, text: n.echoReport.view.innerText}};""")
@@ -138,7 +150,7 @@ def _saved_video(comfy_server, entry: dict):
 def test_demo_template_runs_to_a_video_and_reports_on_the_node(page, comfy_server, artifacts_dir):
     _open_template(page, DEMO)
     page.execute_script("app.queuePrompt(0, 1)")
-    report = _wait_report(page)
+    report = _wait_report(page, comfy_server)
     s = report["summary"]
     assert [sc["transition"] for sc in s["scenes"]] == [None, "hardcut", "recall"]
     assert s["size"] == [48, 48] and s["steps"] == 12
@@ -191,7 +203,7 @@ def test_graph_from_the_node_menu_with_defaults_runs(page, comfy_server, artifac
     assert (defaults["sampler"]["width"], defaults["sampler"]["height"], defaults["sampler"]["steps"]) == (0, 0, 0)
     assert defaults["recall"]["source"] == "auto" and defaults["decay"]["transition"] == "smooth"
     page.execute_script("app.queuePrompt(0, 1)")
-    report = _wait_report(page)
+    report = _wait_report(page, comfy_server)
     assert report["summary"]["size"] == [48, 48]
     entry = _last_history(comfy_server)
     assert entry["status"]["status_str"] == "success", entry["status"]
