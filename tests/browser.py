@@ -56,6 +56,9 @@ def open_app(driver: Any, url: str, node_type: str = "EchoForcingSampler") -> fl
     wait_js(driver, f"window.app && window.app.graph && window.LiteGraph && "
                     f"window.LiteGraph.registered_node_types[{node_type!r}]", what=f"node type {node_type}")
     wait_js(driver, "window.app.extensionManager && window.app.extensionManager.command", what="the command API")
+    # Progress, previews and node outputs come over the websocket; a prompt queued before it is open loses them.
+    wait_js(driver, "window.app.api && app.api.socket && app.api.socket.readyState === 1 && app.api.clientId",
+            what="the websocket")
     close_dialogs(driver)
     return time.monotonic() - t0
 

@@ -98,13 +98,21 @@ def test_every_template_opens_from_the_templates_menu(page, comfy_server, artifa
     assert not [e for e in severe if "echo" in e.lower()], severe
 
 
-def _wait_report(page, comfy_server, node_type: str = "EchoForcingSampler", timeout: float = 600) -> dict:
-    """Wait for the report on every sampler node; fail at once, with the server's words, if the run fails."""
+def _queue(page, comfy_server) -> set:
+    """Queue the open graph as the Run button does; returns the prompt ids the server knew before."""
+    before = set(comfy_server.get_json("/history"))
+    page.execute_script("app.queuePrompt(0, 1)")
+    return before
+
+
+def _wait_report(page, comfy_server, before: set, node_type: str = "EchoForcingSampler",
+                 timeout: float = 600) -> dict:
+    """Wait for the report on every sampler node; fail at once, with the server's words, if this run fails."""
     script = (f"app.graph._nodes.filter(n => n.type === {node_type!r})"
               f".every(n => n.echoReport && n.echoReport.summary)")
     deadline = time.monotonic() + timeout
     while not page.execute_script(f"return !!({script});"):
-        history = comfy_server.get_json("/history")
+        history = {k: v for k, v in comfy_server.get_json("/history").items() if k not in before}
         failed = [e["status"] for e in history.values() if e.get("status", {}).get("status_str") == "error"]
         assert not failed, f"the run failed: {json.dumps(failed)[:3000]}; dialogs: {B.dialogs(page)}"
         if time.monotonic() > deadline:
@@ -119,12 +127,12 @@ def _wait_report(page, comfy_server, node_type: str = "EchoForcingSampler", time
         return {{summary: n.echoReport.summary, text: n.echoReport.view.innerText}};""")
 
 
-def _last_history(comfy_server, timeout: float = 300) -> dict:
-    """The newest finished prompt, once the queue has run dry."""
+def _last_history(comfy_server, before: set, timeout: float = 300) -> dict:
+    """The prompt queued since `before`, once the queue has run dry."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         queue = comfy_server.get_json("/queue")
-        history = comfy_server.get_json("/history")
+        history = {k: v for k, v in comfy_server.get_json("/history").items() if k not in before}
         if not queue["queue_running"] and not queue["queue_pending"] and history:
             entry = list(history.values())[-1]
             if entry.get("status", {}).get("status_str"):
@@ -149,14 +157,14 @@ def _saved_video(comfy_server, entry: dict):
 
 def test_demo_template_runs_to_a_video_and_reports_on_the_node(page, comfy_server, artifacts_dir):
     _open_template(page, DEMO)
-    page.execute_script("app.queuePrompt(0, 1)")
-    report = _wait_report(page, comfy_server)
+    before = _queue(page, comfy_server)
+    report = _wait_report(page, comfy_server, before)
     s = report["summary"]
     assert [sc["transition"] for sc in s["scenes"]] == [None, "hardcut", "recall"]
     assert s["size"] == [48, 48] and s["steps"] == 12
     for words in ("hard cut, RoPE +45", "recall of scene 1", "peak cache", "host (recall pool)", "s per chunk"):
         assert words in report["text"], (words, report["text"])
-    entry = _last_history(comfy_server)
+    entry = _last_history(comfy_server, before)
     assert entry["status"]["status_str"] == "success"
     frames, fps = _saved_video(comfy_server, entry)
     assert frames == 4 * s["latent_frames"] - 3 and fps == 16
@@ -202,10 +210,10 @@ def test_graph_from_the_node_menu_with_defaults_runs(page, comfy_server, artifac
     assert defaults["loader"]["model_name"] == "echo-forcing-toy (bundled demo)"
     assert (defaults["sampler"]["width"], defaults["sampler"]["height"], defaults["sampler"]["steps"]) == (0, 0, 0)
     assert defaults["recall"]["source"] == "auto" and defaults["decay"]["transition"] == "smooth"
-    page.execute_script("app.queuePrompt(0, 1)")
-    report = _wait_report(page, comfy_server)
+    before = _queue(page, comfy_server)
+    report = _wait_report(page, comfy_server, before)
     assert report["summary"]["size"] == [48, 48]
-    entry = _last_history(comfy_server)
+    entry = _last_history(comfy_server, before)
     assert entry["status"]["status_str"] == "success", entry["status"]
     frames, fps = _saved_video(comfy_server, entry)
     assert fps == 16 and frames == 4 * report["summary"]["latent_frames"] - 3  # the timeline's fps, not 30
