@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import timeline_route  # noqa: F401  (registers GET/POST /echo_forcing/timeline for the editor)
+from . import budget, timeline_route  # noqa: F401  (register the front end's routes: /echo_forcing/...)
 from .loader import LoadARVideoModel
 from .memory import DecaySettings, SceneMemoryCache
 from .sampler import EchoForcingSampler
 from .scenes import LoadSceneMemory, SaveSceneMemory
 from .timeline import EchoStandinTextEncoder, PromptTimeline, RecallScene
-from .toy import EchoToyDecode, EchoToyTextEncoder
+from .toy import EchoToyDecode, EchoToyEncode, EchoToyTextEncoder
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
     LoadARVideoModel,
@@ -23,6 +23,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     EchoToyTextEncoder,
     EchoToyDecode,
     SaveSceneMemory, LoadSceneMemory,  # the scene library (nodes/scenes.py)
+    EchoToyEncode,
 ]
 
 

@@ -22,8 +22,12 @@ from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.model.config import WanConfig
 from echo_core.sampler import SamplerConfig
 
+from .budget import WAN_SIZE  # (height, width) Wan2.1 T2V 1.3B and its causal students generate at
+
 TOY_LATENTS = "echo-toy"  # latent space of the bundled demo model's codec (echo_core.toy.loader.LATENT_SPACE)
 WAN21 = "wan21"  # latent space of the Wan 2.1 VAE (what ComfyUI's VAE Decode expects after process_out)
+AUTO = 0  # width / height / steps widget value meaning "what the model was made for"
+WAN_STEPS = 4  # Self-Forcing's few-step schedule (1000, 750, 500, 250)
 
 
 class NodeInputError(InputError):
@@ -45,6 +49,7 @@ class ARModel:
     # The sampler the weights were made for (re-noise kind, shift, warp); the sampler node sets the step count.
     # None: Self-Forcing's (fresh noise, warped schedule with `shift`).
     sampler: SamplerConfig | None = None
+    native_size: tuple[int, int] = WAN_SIZE  # (height, width) the sampler's `auto` size means for this model
 
 
 def wrap_module(module: torch.nn.Module) -> Any:
@@ -64,6 +69,7 @@ class Resolved:
     shift: float = 5.0
     spatial_compression: int = 8
     sampler: SamplerConfig | None = None
+    native_size: tuple[int, int] = WAN_SIZE
 
 
 def resolve_model(model: Any) -> Resolved:
@@ -71,7 +77,7 @@ def resolve_model(model: Any) -> Resolved:
     if isinstance(model, ARModel):
         module = model.patcher.model
         return Resolved(model.patcher, ModuleModel(module, model.config), model.config, model.frames_per_chunk,
-                        model.latent_space, model.shift, model.spatial_compression, model.sampler)
+                        model.latent_space, model.shift, model.spatial_compression, model.sampler, model.native_size)
     inner = getattr(getattr(model, "model", None), "diffusion_model", None)
     if inner is None:
         raise NodeInputError("model", f"expected a Wan2.1 text-to-video MODEL or an AR video model, got "
@@ -86,6 +92,24 @@ def resolve_model(model: Any) -> Resolved:
     except SpecError as e:
         raise NodeInputError("model", e.detail) from None
     return Resolved(model, ModuleModel(inner, cfg), cfg, 3, WAN21)
+
+
+def run_size(resolved: Resolved, width: int, height: int) -> tuple[int, int]:
+    """(height, width) to generate at: an `auto` (0) widget takes the model's native size."""
+    native_h, native_w = resolved.native_size
+    return (native_h if height == AUTO else height), (native_w if width == AUTO else width)
+
+
+def run_sampler(resolved: Resolved, steps: int, frames_per_chunk: int) -> SamplerConfig:
+    """The denoising schedule: `auto` (0) steps keep the schedule the weights were made for (the bundled demo
+    model's own), or Self-Forcing's 4 steps for Wan; a number gives that many evenly spaced steps."""
+    from dataclasses import replace
+
+    from echo_core.session import sampler_config
+
+    if steps == AUTO and resolved.sampler is not None:
+        return replace(resolved.sampler, frames_per_chunk=frames_per_chunk)
+    return sampler_config(WAN_STEPS if steps == AUTO else steps, frames_per_chunk, resolved.shift, resolved.sampler)
 
 
 def load_to_device(patcher: Any) -> torch.device:

@@ -15,8 +15,8 @@ from echo_core.errors import quote
 
 from . import checks, types
 from ._host import ARModel, NodeInputError, wrap_module
+from .budget import TOY_MODEL
 
-TOY_MODEL = "echo-forcing-toy (bundled demo)"
 DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8"]
 FRAMES = ["auto", "3 (chunk-wise)", "1 (frame-wise)"]
 NO_LORA = "none"
@@ -48,9 +48,12 @@ class LoadARVideoModel(io.ComfyNode):
                 io.Combo.Input("lora_name", options=[NO_LORA] + folder_paths.get_filename_list("loras"),
                                default=NO_LORA, optional=True,
                                tooltip="Optional LoRA merged into the weights at load (e.g. LongLive's lora.pt)."),
-                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, optional=True),
+                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, optional=True,
+                               tooltip="How strongly the LoRA is merged (1.0: as trained)."),
             ],
-            outputs=[types.ARVideoModel.Output(display_name="ar_model")],
+            outputs=[types.ARVideoModel.Output(display_name="ar_model",
+                                               tooltip="The causal model for the Echo-Forcing Sampler (and the Scene "
+                                                       "Memory Cache's budget_model).")],
         )
 
     @classmethod
@@ -105,4 +108,5 @@ def _load_toy(weight_dtype: str, frames_per_chunk: int | None) -> ARModel:
         quantize_blocks_fp8(module, torch.bfloat16)
     return ARModel(wrap_module(module), module.cfg, frames_per_chunk or toy.frames_per_chunk,
                    latent_space=toy.latent_space, name=TOY_MODEL, layout="toy", shift=toy.sampler_config.shift,
-                   spatial_compression=toy.width // toy.latent_shape[2], sampler=toy.sampler_config)
+                   spatial_compression=toy.width // toy.latent_shape[2], sampler=toy.sampler_config,
+                   native_size=(toy.height, toy.width))

@@ -1,32 +1,40 @@
 """Echo-Forcing Sampler: chunk-by-chunk generation of a (multi-scene) video as a LATENT for VAE Decode.
 
-Owns: model / timeline / memory wiring, seed, size, denoising steps, the optional start latent, progress and
-the memory report. The run itself (cache, routing, chunk loop) is echo_core.run.start_run; every piece of run
-state is created inside one execute call and freed when it returns or is interrupted.
+Owns: model / timeline / memory wiring, seed, size, denoising steps (`auto`: what the model was made for), the
+attention kernel, the optional start latent, progress, the memory report, the timeline's fps (for Create Video)
+and the run's finished scenes (for Save Scene Memory). The run itself (cache, routing, chunk loop) is
+echo_core.run.start_run; every piece of run state is created inside one execute call and freed when it returns or
+is interrupted.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import torch
 from comfy_api.latest import io
 
 from echo_core.errors import EchoError
+from echo_core.model.attention_backend import BACKENDS
 from echo_core.run import start_run
-from echo_core.session import MemorySpec, TimelineSpec, plan_run, sampler_config
+from echo_core.session import MemorySpec, TimelineSpec, plan_run
 
 from . import checks, types
 from ._host import (
+    AUTO,
     WAN21,
     ChunkProgress,
     NodeInputError,
     free_memory,
     load_to_device,
     resolve_model,
+    run_sampler,
+    run_size,
     to_model_space,
     to_vae_space,
 )
+from .report import run_summary, summary_text
 from .scenes import Scenes, run_scenes
 
 MAX_SIZE = 4096
@@ -46,22 +54,45 @@ class EchoForcingSampler(io.ComfyNode):
                 io.MultiType.Input("model", [types.ARVideoModel, io.Model],
                                    tooltip="Load AR Video Model, or a stock Wan2.1 T2V MODEL (Load Diffusion Model, "
                                            "GGUF, fp8, LoRA loaders)."),
-                types.Timeline.Input("timeline"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("width", default=832, min=16, max=MAX_SIZE, step=16),
-                io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16),
-                io.Int.Input("steps", default=4, min=1, max=50,
-                             tooltip="Denoising steps per chunk (4: Self-Forcing's 1000, 750, 500, 250)."),
+                types.Timeline.Input("timeline", tooltip="The scenes to generate: Prompt Timeline (or Recall Scene "
+                                                         "after it)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed; the same seed and settings give the same video."),
+                io.Int.Input("width", default=AUTO, min=0, max=MAX_SIZE, step=16,
+                             tooltip="Video width in pixels. 0 = auto: the model's native size (bundled demo model "
+                                     "48, Wan2.1 832)."),
+                io.Int.Input("height", default=AUTO, min=0, max=MAX_SIZE, step=16,
+                             tooltip="Video height in pixels. 0 = auto: the model's native size (bundled demo model "
+                                     "48, Wan2.1 480)."),
+                io.Int.Input("steps", default=AUTO, min=0, max=50,
+                             tooltip="Denoising steps per chunk. 0 = auto: the schedule the model was made for "
+                                     "(bundled demo model: its own 12 steps; Wan: Self-Forcing's 4 steps 1000, 750, "
+                                     "500, 250)."),
                 types.Memory.Input("memory", optional=True,
                                    tooltip="Scene Memory Cache settings (default: Echo-Forcing, official values)."),
                 io.Latent.Input("start_latent", optional=True,
-                                tooltip="VAE-encoded frames to continue from (image-to-video / extend a video)."),
+                                tooltip="Frames to continue from (extend a video / start from an image): VAE Encode "
+                                        "with the Wan 2.1 VAE, or Echo Toy Encode for the bundled demo model. They are "
+                                        "written into the cache first and stay at the start of the output."),
                 io.Combo.Input("frames_per_chunk", options=FRAMES, default="auto", optional=True,
                                tooltip="auto: what Load AR Video Model chose, or 3 for a stock MODEL. Frame-wise "
                                        "models (e.g. causal_forcing-framewise via Load Diffusion Model) need 1."),
+                io.Combo.Input("attention", options=list(BACKENDS), default="auto", optional=True,
+                               tooltip="Self-attention kernel. auto: flash_attn when installed (CUDA, fp16/bf16), "
+                                       "else PyTorch SDPA (both exact). sage: SageAttention (int8 Q/K, faster, "
+                                       "approximate). An explicit kernel that cannot run is an error."),
             ],
-            outputs=[io.Latent.Output(display_name="latent"), io.String.Output(display_name="memory_report"),
-                     Scenes.Output(display_name="scenes", tooltip="The finished scenes, for Save Scene Memory.")],
+            outputs=[
+                io.Latent.Output(display_name="latent",
+                                 tooltip="The video latent (start frames included): VAE Decode for Wan, Echo Toy "
+                                         "Decode for the bundled demo model."),
+                io.String.Output(display_name="memory_report",
+                                 tooltip="JSON: per-chunk cache reports, peak cache, timings and the summary drawn "
+                                         "on this node (machine-readable; e.g. Save Text or Preview Any)."),
+                io.Float.Output(display_name="fps",
+                                tooltip="The timeline's frames per second, for Create Video's fps."),
+                Scenes.Output(display_name="scenes", tooltip="The finished scenes, for Save Scene Memory."),
+            ],
         )
 
     @classmethod
@@ -71,29 +102,34 @@ class EchoForcingSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, timeline: TimelineSpec, seed: int, width: int, height: int, steps: int,
                 memory: MemorySpec | None = None, start_latent: dict | None = None,
-                frames_per_chunk: str = "auto") -> io.NodeOutput:
+                frames_per_chunk: str = "auto", attention: str = "auto") -> io.NodeOutput:
         if not isinstance(timeline, TimelineSpec):
             raise NodeInputError("timeline", f"expected a Prompt Timeline output, got {type(timeline).__name__}")
         resolved = resolve_model(model)
         fpc = checks.frames_per_chunk(frames_per_chunk, FRAMES, resolved.frames_per_chunk)
+        checks.choice("attention", attention, BACKENDS)
+        height, width = run_size(resolved, width, height)
         try:
             plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
-            sampler = sampler_config(steps, fpc, resolved.shift, resolved.sampler)
+            sampler = replace(run_sampler(resolved, steps, fpc), attention=attention)
         except EchoError as e:
             raise checks.node_error(e) from None
         start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space, resolved.spatial_compression)
         with torch.inference_mode():  # as ComfyUI's executor does; also covers direct calls (tests, scripts)
-            chunks, report, scenes = _generate(resolved, timeline, memory or MemorySpec(), plan, seed, sampler, start)
+            chunks, report, scenes, device = _generate(resolved, timeline, memory or MemorySpec(), plan, seed,
+                                                       sampler, start)
         video = torch.cat(([start.cpu()] if start is not None else []) + chunks, dim=2)
         report["latent_shape"] = list(video.shape)
+        report["start_frames"] = 0 if start is None else int(start.shape[2])
+        summary = run_summary(report, plan.timeline, device=str(device), size=(height, width),
+                              steps=len(sampler.denoising_steps), fps=timeline.fps)
+        report["summary"] = summary
         samples = to_vae_space(video, resolved.latent_space)
-        text = json.dumps(report)
-        summary = (f"{len(chunks)} chunks, {video.shape[2]} latent frames, peak cache {report['peak_cache_mb']} MB "
-                   f"({report['peak_cache_tokens']} tokens), {report['wall_s']} s")
         latent = {"samples": samples}
         if resolved.latent_space != WAN21:  # lets a matching decode node check what it is given
             latent["echo_latent_space"] = resolved.latent_space
-        return io.NodeOutput(latent, text, scenes, ui={"text": [summary]})
+        return io.NodeOutput(latent, json.dumps(report), float(timeline.fps), scenes,
+                             ui={"text": [summary_text(summary)], "echo_report": [summary]})
 
 
 def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, sampler, start):
@@ -119,20 +155,25 @@ def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, 
     report = run.report()
     scenes = run_scenes(run)  # the run's finished scenes (recall frames) for Save Scene Memory
     del run
-    return chunks, report, scenes
+    return chunks, report, scenes, device
 
 
 def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str,
-                   scale: int = 8) -> torch.Tensor | None:
+                   compression: int = 8) -> torch.Tensor | None:
     if latent is None:
         return None
     samples = latent.get("samples") if isinstance(latent, dict) else None
     c, h, w = shape
+    encoder = "VAE Encode with the Wan 2.1 VAE" if space == WAN21 else "Echo Toy Encode"
     if not isinstance(samples, torch.Tensor) or samples.ndim != 5 or samples.shape[1] != c or \
             tuple(samples.shape[3:]) != (h, w):
         got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise NodeInputError("start_latent", f"expected a video latent [B, {c}, F, {h}, {w}] matching width/height "
-                                             f"{w * scale}x{h * scale} (VAE Encode with the model's VAE), got {got}")
+                                             f"{w * compression}x{h * compression} ({encoder}), got {got}")
+    tagged = latent.get("echo_latent_space", WAN21)
+    if tagged != space:
+        raise NodeInputError("start_latent", f"these latents are in the {tagged} latent space, the model samples in "
+                                             f"{space}; encode the frames with {encoder}")
     if samples.shape[0] != 1:
         raise NodeInputError("start_latent", f"one video at a time: the latent holds a batch of {samples.shape[0]}")
     return to_model_space(samples, space)

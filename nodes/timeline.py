@@ -20,8 +20,10 @@ from echo_core.text_standin import standin_embedding
 from . import checks, types
 from ._host import NodeInputError, encode_prompts
 
-EXAMPLE = ("a red fox trots through a snowy forest [6s] | the fox stops at a frozen lake [4s#] | "
-           "the fox trots through the snowy forest again [6s@]")
+# Written in the bundled demo model's small grammar (so a graph built from the menu runs with it as it is) and
+# plain English for umT5: a hard cut into a second scene, then a recall of the first.
+EXAMPLE = ("a red circle bouncing on a blue striped background [4s#] | a yellow square moving left on a green "
+           "checkered background [3s@] | a red circle bouncing on a blue striped background [4s]")
 TRANSITIONS = ["smooth", "hardcut", "recall"]
 
 
@@ -44,7 +46,9 @@ class PromptTimeline(io.ComfyNode):
                 io.Combo.Input("default_transition", options=TRANSITIONS, default="smooth",
                                tooltip="Transition used at a scene boundary whose tag has no marker.", optional=True),
             ],
-            outputs=[types.Timeline.Output(display_name="timeline")],
+            outputs=[types.Timeline.Output(display_name="timeline",
+                                           tooltip="The parsed scenes with one text embedding each: into Recall "
+                                                   "Scene or straight into the Echo-Forcing Sampler.")],
         )
 
     @classmethod
@@ -81,8 +85,10 @@ class RecallScene(io.ComfyNode):
             description="Sets how recall segments ('@' markers) find the earlier scene they bring back: automatic "
                         "routing over the finished scenes, or one scene by number. An inline '@N' always wins.",
             inputs=[
-                types.Timeline.Input("timeline"),
-                io.Combo.Input("source", options=["auto", "scene number"], default="auto"),
+                types.Timeline.Input("timeline", tooltip="Prompt Timeline output."),
+                io.Combo.Input("source", options=["auto", "scene number"], default="auto",
+                               tooltip="auto: routing picks the earlier scene each '@' brings back. scene number: "
+                                       "always the scene given below."),
                 io.Combo.Input("routing", options=["similarity", "idf"], default="similarity",
                                tooltip="auto: similarity of the prompts' text embeddings (official) or TF-IDF."),
                 io.Int.Input("scene", default=1, min=1, max=999, tooltip="1-based scene to recall (source: scene "
@@ -90,7 +96,9 @@ class RecallScene(io.ComfyNode):
                 io.Float.Input("threshold", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="auto: below this similarity nothing is recalled (0 = off, official)."),
             ],
-            outputs=[types.Timeline.Output(display_name="timeline")],
+            outputs=[types.Timeline.Output(display_name="timeline",
+                                           tooltip="The same timeline with these recall settings, for the sampler. "
+                                                   "A timeline without '@' passes through unchanged.")],
         )
 
     @classmethod
@@ -109,12 +117,12 @@ class RecallScene(io.ComfyNode):
             check_recalls(parsed, EchoConfig(routing=cfg))  # a scene not yet finished: refused now, not mid-run
         except EchoError as e:
             raise NodeInputError(e.field, e.detail) from None
-        if routing == "similarity" and not timeline.routing_contexts and source == "auto":
-            raise NodeInputError("routing", "similarity routing needs embeddings of the recall prompts, but the "
-                                            "timeline has no recall transition; add an '@' marker or use idf")
-        return io.NodeOutput(timeline.with_routing(cfg),
-                             ui={"text": [json.dumps({"source": source, "routing": routing,
-                                                      "scene": scene if source == "scene number" else None})]})
+        recalls = sum(1 for t in parsed.transitions if t.mode.value == "recall")
+        shown = {"source": source, "routing": routing, "scene": scene if source == "scene number" else None,
+                 "recall_transitions": recalls}
+        if recalls == 0:  # nothing to route: the settings wait for an '@' in the timeline
+            shown["note"] = "the timeline has no recall ('@'): nothing to route"
+        return io.NodeOutput(timeline.with_routing(cfg), ui={"text": [json.dumps(shown)]})
 
 
 @dataclass(frozen=True)
@@ -137,9 +145,12 @@ class EchoStandinTextEncoder(io.ComfyNode):
             category=types.CATEGORY + "/testing",
             description="Hash-based word embeddings in place of umT5, for random-weight models and tests. Real "
                         "models need their own text encoder (Load CLIP, type wan).",
-            inputs=[io.Int.Input("dim", default=4096, min=8, max=8192),
-                    io.Int.Input("length", default=512, min=1, max=4096)],
-            outputs=[types.TextEncoder.Output(display_name="text_encoder")],
+            inputs=[io.Int.Input("dim", default=4096, min=8, max=8192,
+                                 tooltip="Embedding width: the model's text_dim (Wan2.1: 4096)."),
+                    io.Int.Input("length", default=512, min=1, max=4096,
+                                 tooltip="Tokens per prompt (Wan2.1: 512).")],
+            outputs=[types.TextEncoder.Output(display_name="text_encoder",
+                                              tooltip="For Prompt Timeline's clip input.")],
         )
 
     @classmethod

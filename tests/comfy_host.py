@@ -1,7 +1,9 @@
-"""Test helpers for a real ComfyUI host: in-process imports and a server subprocess driven over HTTP.
+"""Test helpers for real ComfyUI hosts: in-process imports and a server subprocess driven over HTTP.
 
-The host tree comes from scripts/prepare_comfy_host.sh (ComfyUI 0.3.75 in .cache/, or $ECHO_COMFY_HOST).
-Nothing here mutates that tree: each server gets its own --base-directory (custom_nodes, user, output,
+Two hosts: ComfyUI 0.3.75 from scripts/prepare_comfy_host.sh (.cache/comfyui-0.3.75 or $ECHO_COMFY_HOST; it runs
+on the repo's .venv, and is also the one imported in-process) and ComfyUI 0.8.0 from
+scripts/prepare_comfy_host_080.sh (.cache/comfyui-0.8.0 with its own venv .cache/comfyui-0.8.0-venv).
+Nothing here mutates a host tree: each server gets its own --base-directory (custom_nodes, user, output,
 temp, input, database) and its own models folder, so tests can run side by side and leave no trace.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -23,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HOST_VERSION = "0.3.75"
+HOST_VERSION = "0.3.75"  # the host imported in-process, and the oldest one the suite runs
+HOST_VERSIONS = ("0.3.75", "0.8.0")  # every host the server and browser tests run against
 PLUGIN_DIR_NAME = "comfyui-echo-forcing"
 MODEL_SUBDIRS = ("diffusion_models", "vae", "text_encoders", "loras")
 # Top-level module names the host puts on sys.path. If one of them is already imported from somewhere
@@ -51,6 +55,33 @@ def find_host_dir() -> Path:
             "Run `bash scripts/prepare_comfy_host.sh` (or `bash scripts/setup_env.sh`), "
             "or point ECHO_COMFY_HOST at an existing ComfyUI root.")
     return host
+
+
+@dataclass(frozen=True)
+class Host:
+    """A prepared ComfyUI tree and the Python that runs its server."""
+
+    version: str
+    root: Path
+    python: str
+
+
+def find_host(version: str) -> Host:
+    """The prepared host of one version; raises ComfyHostMissing saying how to prepare it."""
+    if version == HOST_VERSION:
+        return Host(version, find_host_dir(), sys.executable)
+    if version != "0.8.0":
+        raise ValueError(f"unknown host version {version!r}; known: {HOST_VERSIONS}")
+    root = REPO_ROOT / ".cache" / "comfyui-0.8.0"
+    # The venv's python is a symlink to the base interpreter: keep the venv path (never resolve() it).
+    python = REPO_ROOT / ".cache" / "comfyui-0.8.0-venv" / "bin" / "python"
+    missing = [str(p) for p in (root / ".echo-host-ready", root / "main.py", python) if not p.exists()]
+    if missing or not any((python.parent.parent).glob(".echo-venv-*")):
+        raise ComfyHostMissing(
+            f"no ComfyUI 0.8.0 host at {root} with its venv (missing {', '.join(missing) or 'the venv marker'}). "
+            "Run `bash scripts/prepare_comfy_host_080.sh` (it needs shared/hosts/comfyui-0.8.0.tar.gz beside the "
+            "checkout, or ECHO_HOSTS_DIR).")
+    return Host(version, root, str(python))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -256,6 +287,10 @@ class ComfyServer:
         custom = self.base_dir / "custom_nodes"
         for d in (custom, self.base_dir / "user", self.base_dir / "input", self.base_dir / "output"):
             d.mkdir(parents=True, exist_ok=True)
+        # What a fresh install has in input/ (example.png, which LoadImage in templates points at).
+        for f in (self.host_dir / "input").glob("*.png"):
+            if not (self.base_dir / "input" / f.name).exists():
+                shutil.copyfile(f, self.base_dir / "input" / f.name)
         if self.plugin_dir is not None:
             link = custom / PLUGIN_DIR_NAME
             if not link.is_symlink():

@@ -14,7 +14,17 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO / "workflows"
+EXAMPLES = REPO / "example_workflows"  # templates: UI format + thumbnails (what ComfyUI's Templates menu lists)
+API_WORKFLOWS = REPO / "api_workflows"  # their API-format twins for POST /prompt (a folder the menu does not read)
+
+# Files the real-model templates name, and what the test servers hold under those names: tiny stand-ins of the
+# same kind, so the templates open with nothing missing and their API twins run (umT5 cannot run on these
+# machines: its file is a placeholder and the headless runs swap CLIPLoader for the stand-in text encoder).
+REAL_MODEL_FILES = {
+    "diffusion_models": ("self_forcing_dmd.pt", "causal_forcing-framewise.safetensors"),
+    "text_encoders": ("umt5_xxl_fp8_e4m3fn_scaled.safetensors",),
+    "vae": ("wan_2.1_vae.safetensors",),
+}
 
 # A DiT ComfyUI's own detection accepts (128-dim heads, text_dim 4096 - its detection does not read text_dim).
 STOCK_CFG = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096, freq_dim=256, text_len=512)
@@ -99,8 +109,32 @@ def write_stock_dit_and_lora(folder: Path, lora_folder: Path, seed: int = 3, ran
     return "stock_base.safetensors", "stock_lora.safetensors", "stock_merged.safetensors"
 
 
+def write_test_models(models: Path, comfy) -> Any:
+    """Every model file the server tests use, written once per session into a models folder."""
+    import shutil
+    import types
+
+    from safetensors.torch import save_file
+
+    names = write_dit_layouts(models / "diffusion_models")
+    stock = write_stock_dit_and_lora(models / "diffusion_models", models / "loras")
+    vae = write_tiny_vae(models / "vae" / "tiny_wan21_vae.safetensors", comfy)
+    save_file({"decoder.middle.0.residual.0.gamma": torch.ones(4, 1, 1, 1), "decoder.head.0.gamma": torch.ones(4)},
+              str(models / "diffusion_models" / "wrong_architecture.safetensors"))
+    # Stand-ins under the real names (see REAL_MODEL_FILES).
+    dm = models / "diffusion_models"
+    shutil.copyfile(dm / names["self_forcing"], dm / "self_forcing_dmd.pt")
+    sd, cfg = tiny_state_dict(3, **STOCK_CFG)  # a stock-loadable DiT marked frame-wise, as the real file is
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(dm / "causal_forcing-framewise.safetensors"),
+              metadata={"config": json.dumps({"transformer": {"causal_ar": True}})})
+    shutil.copyfile(vae, models / "vae" / "wan_2.1_vae.safetensors")
+    (models / "text_encoders").mkdir(parents=True, exist_ok=True)
+    save_file({"placeholder": torch.zeros(1)}, str(models / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
+    return types.SimpleNamespace(names=names, stock=stock, dir=models)
+
+
 def load_api_workflow(name: str) -> dict:
-    return json.loads((WORKFLOWS / name).read_text())
+    return json.loads((API_WORKFLOWS / name).read_text())
 
 
 def find_nodes(graph: dict, class_type: str) -> list[str]:

@@ -169,8 +169,9 @@ def test_sampler_output_is_process_out_of_the_core_run(plugin, models, comfy_inp
     _, names = models
     ar = _load(n, names["wan"])
     spec = _timeline(n, TL)
-    latent, report = _sample(n, ar, spec, seed=5)
+    latent, report, fps = _sample(n, ar, spec, seed=5)
     samples = latent["samples"]
+    assert fps == 16.0
     # 3 s at 16 fps -> 48 frames -> 12 latent frames -> 4 chunks of 3
     assert samples.shape == (1, 16, 12, 8, 8)
     from echo_core.run import start_run
@@ -268,7 +269,7 @@ def test_sampler_runs_every_policy(plugin, models, policy):
     ar, spec = _load(n, names["wan"]), _timeline(n, TL)
     memory = _out(n["memory"].SceneMemoryCache.execute(policy, 12, 3, 3, 64, "score_weighted", "local", False,
                                                         45, 6))[0]
-    latent, report = _sample(n, ar, spec, memory=memory)
+    latent, report, _ = _sample(n, ar, spec, memory=memory)
     import json
 
     assert latent["samples"].shape[2] == 12 and json.loads(report)["policy"] == policy

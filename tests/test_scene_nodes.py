@@ -55,7 +55,7 @@ def test_nodes_are_registered_with_the_echo_scenes_folder(env):
     paths, exts = folder_paths.folder_names_and_paths["echo_scenes"]
     assert ".safetensors" in exts and any(p.endswith("echo_scenes") for p in paths)
     schema = n["sampler"].EchoForcingSampler.define_schema()
-    assert [o.io_type for o in schema.outputs] == ["LATENT", "STRING", "ECHO_SCENES"]
+    assert [o.io_type for o in schema.outputs] == ["LATENT", "STRING", "FLOAT", "ECHO_SCENES"]
 
 
 def test_save_load_and_recall_a_scene_through_the_nodes(env, tmp_path, monkeypatch):
@@ -64,7 +64,7 @@ def test_save_load_and_recall_a_scene_through_the_nodes(env, tmp_path, monkeypat
 
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path / "output"))
     ar = _model(n, names["wan"])
-    _, _, scenes = _sample(n, ar, _timeline(n, "a red fox runs [1s#] | a blue bird sings [1s]"), seed=4)
+    _, _, _, scenes = _sample(n, ar, _timeline(n, "a red fox runs [1s#] | a blue bird sings [1s]"), seed=4)
     assert [s.name for s in scenes.scenes] == ["scene-1", "scene-2"] and scenes.scenes[0].prompt == "a red fox runs"
     save = n["scenes"].SaveSceneMemory
     files = _out(save.execute(scenes, "1", "fox", "models/echo_scenes", False))[0]
@@ -85,7 +85,7 @@ def test_save_load_and_recall_a_scene_through_the_nodes(env, tmp_path, monkeypat
     spec = _out(load.execute(spec, "fox.safetensors"))[0]
     spec = _out(load.execute(spec, "bird.safetensors", "robin"))[0]
     assert [s.name for s in spec.saved_scenes] == ["fox", "robin"]
-    latent, report, _ = _sample(n, ar, spec, seed=5)
+    latent, report, _, _ = _sample(n, ar, spec, seed=5)
     rep = json.loads(report)
     assert rep["scenes"][0]["recall_saved_scene"] == "fox" and rep["scenes"][1]["recall_saved_scene"] == "robin"
     # the same run through the core API, with the files read by scene_library
@@ -103,7 +103,7 @@ def test_save_load_and_recall_a_scene_through_the_nodes(env, tmp_path, monkeypat
 def test_a_scene_from_other_weights_or_an_unloaded_name_stops_the_sampler_before_it_runs(env, tmp_path):
     n, names, other, root = env
     ar = _model(n, names["wan"])
-    _, _, scenes = _sample(n, ar, _timeline(n, "a grey cat sleeps [1s]"))
+    _, _, _, scenes = _sample(n, ar, _timeline(n, "a grey cat sleeps [1s]"))
     n["scenes"].SaveSceneMemory.execute(scenes, "1", "cat", "models/echo_scenes", True)
     spec = _out(n["scenes"].LoadSceneMemory.execute(_timeline(n, "[@cat] a grey cat wakes [1s]"), "cat.safetensors"))[0]
     with pytest.raises(ValueError, match="^scene_library: saved scene 'cat' was saved with other weights"):

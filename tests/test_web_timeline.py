@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+import browser as B
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROUTE_FILE = REPO_ROOT / "nodes" / "timeline_route.py"
@@ -165,48 +165,7 @@ def test_route_on_real_server(comfy_server):
 
 # ------------------------------------------------------------------------------------------ browser
 
-CHROMIUM = os.environ.get("ECHO_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("ECHO_CHROMEDRIVER", "/usr/bin/chromedriver")
 NODE_TYPE = "EchoPromptTimeline"
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium under Selenium. Fails (never skips) when it is missing."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found; run `bash scripts/install_browser.sh` "
-                    "(or set ECHO_CHROMIUM / ECHO_CHROMEDRIVER)", pytrace=False)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tmp_path_factory.mktemp("chromium_profile")
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1280,900"):
-        opts.add_argument(flag)
-    log = profile.parent / "chromedriver.log"
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER, log_output=str(log)), options=opts)
-    driver.set_script_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_js(driver, script: str, timeout: float = 60.0, what: str = ""):
-    """Poll a JS expression until it is truthy (in JS: a class object arrives in Python as an empty dict)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if driver.execute_script(f"return !!({script});"):
-            return
-        if time.monotonic() > deadline:
-            logs = "\n".join(str(e) for e in driver.get_log("browser")[-20:])
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or script}; browser log:\n{logs}")
-        time.sleep(0.1)
 
 
 # JS run in the page: set the node's text the way typing does (input event -> widget callback) and
@@ -238,17 +197,11 @@ function report() {
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(comfy_server, browser):
     """The ComfyUI page with one Prompt Timeline node in an empty graph (window.__echoNode)."""
-    import requests
-
-    # Skip the first-run template browser so the screenshot shows the graph.
-    requests.post(comfy_server.url + "/api/settings/Comfy.TutorialCompleted", json=True, timeout=10)
     t0 = time.monotonic()
-    browser.get(comfy_server.url + "/")
-    wait_js(browser, f"window.app && window.app.graph && window.LiteGraph && "
-                     f"window.LiteGraph.registered_node_types[{NODE_TYPE!r}]", what=f"node type {NODE_TYPE}")
+    B.open_app(browser, comfy_server.url, NODE_TYPE)
     browser.execute_script(f"""
         app.graph.clear();
         const node = LiteGraph.createNode({NODE_TYPE!r});
@@ -258,8 +211,8 @@ def page(comfy_server, browser):
         app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1;
         app.graph.setDirtyCanvas(true, true);
         window.__echoNode = node;""")
-    wait_js(browser, "window.__echoNode.echoTimeline && window.__echoNode.echoTimeline.done > 0",
-            what="the first timeline refresh")
+    B.wait_js(browser, "window.__echoNode.echoTimeline && window.__echoNode.echoTimeline.done > 0",
+              what="the first timeline refresh")
     browser.page_load_seconds = time.monotonic() - t0
     return browser
 
@@ -270,7 +223,7 @@ def set_text(page, *texts: str) -> dict:
 
 @pytest.mark.host
 @pytest.mark.browser
-def test_view_draws_scenes_and_transitions(page, tmp_path):
+def test_view_draws_scenes_and_transitions(page, comfy_server, artifacts_dir):
     # Three quick edits inside the debounce window: only the last one is parsed and drawn.
     view = set_text(page, "draft one [5s]", "draft two [5s] | x [5s]", OFFICIAL)
     assert view["refreshes"] == 1 and view["error"] is None
@@ -284,13 +237,13 @@ def test_view_draws_scenes_and_transitions(page, tmp_path):
     assert "1\u21922 hard cut" in view["transitions"] and "3\u21924 recall (auto)" in view["transitions"]
     assert "240 latent frames" in view["totals"] and "80 chunks" in view["totals"]
     time.sleep(0.3)  # let the canvas repaint before the picture
-    page.save_screenshot(str(tmp_path / "timeline.png"))
-    assert (tmp_path / "timeline.png").stat().st_size > 10_000
+    shot = B.screenshot(page, artifacts_dir / f"comfy{comfy_server.version}" / "timeline.png")
+    assert shot.stat().st_size > 10_000
 
 
 @pytest.mark.host
 @pytest.mark.browser
-def test_view_manual_recall_and_error(page, tmp_path):
+def test_view_manual_recall_and_error(page, comfy_server, artifacts_dir):
     view = set_text(page, "a beach [3s#] | a forest [3s@1] | the beach again [3s]")
     assert [(b["mode"], b["recall"]) for b in view["boundaries"]] == [("hardcut", None), ("recall", "1")]
     assert "2\u21923 recall scene 1" in view["transitions"]
@@ -299,7 +252,7 @@ def test_view_manual_recall_and_error(page, tmp_path):
     assert view["error"] is not None and view["error"]["scene"] == "2"
     assert "scene 2" in view["error"]["text"] and "column" in view["error"]["text"]
     assert view["stale"] and len(view["scenes"]) == 3  # the last good timeline stays, dimmed
-    page.save_screenshot(str(tmp_path / "timeline_error.png"))
+    B.screenshot(page, artifacts_dir / f"comfy{comfy_server.version}" / "timeline_error.png")
 
     view = set_text(page, "one scene only [4s]")
     assert view["error"] is None and not view["stale"] and len(view["scenes"]) == 1

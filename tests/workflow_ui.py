@@ -1,6 +1,7 @@
 """Convert between ComfyUI's API-format graphs and its UI (litegraph) workflow format, using /object_info.
 
-Used to write the UI twins of workflows/*_api.json and to check that each twin still says the same thing.
+Used to check that each template (example_workflows/, UI format) still says what its API twin (api_workflows/)
+says. Frontend-only nodes (notes, reroutes) have no API counterpart and are skipped.
 Widget values follow the node's input order (required, then optional); an INT input with
 control_after_generate carries one extra widget value ("fixed") right after it, as the frontend saves it.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 def _inputs(info: dict) -> list[tuple[str, Any, dict]]:
@@ -69,6 +71,8 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
     links = {ln[0]: ln for ln in ui["links"]}
     api = {}
     for node in ui["nodes"]:
+        if node["type"] in VIRTUAL_NODES:
+            continue
         info = object_info[node["type"]]
         values = list(node.get("widgets_values", []))
         by_name = {inp["name"]: inp for inp in node.get("inputs", [])}

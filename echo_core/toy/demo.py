@@ -69,7 +69,11 @@ def _upscale(frames: torch.Tensor, scale: int) -> Any:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    import imageio.v2 as imageio
+    try:
+        import imageio.v2 as imageio
+    except ImportError as e:  # optional: only this demo writes MP4 through imageio (ComfyUI has its own writer)
+        raise ImportError("the demo writes MP4 through imageio: pip install imageio imageio-ffmpeg "
+                          "(or the package's [demo] extra)") from e
 
     from echo_core.errors import EchoError, InputError
     from echo_core.session import MemorySpec
