@@ -14,8 +14,8 @@ import torch
 from comfy_api.latest import io
 
 from . import toy_model, types
-from .toy_model import toy_bundle  # noqa: F401  (re-exported: callers and tests reach the bundle here)
 from ._host import NodeInputError
+from .toy_model import toy_bundle  # noqa: F401  (re-exported: callers and tests reach the bundle here)
 
 
 @dataclass(frozen=True, eq=False)
