@@ -70,6 +70,11 @@ def cache_budget(spec: MemorySpec, cfg: WanConfig, height: int, width: int, fram
 
 
 def budget_text(b: Mapping[str, Any], model: str, width: int, height: int) -> str:
+    """The node's budget line: everything on the GPU by component (nodes/checks.budget_line), for `model`."""
+    from .checks import budget_line
+
+    if "gpu_mb" in b:
+        return budget_line(dict(b), width, height) + f" [{model}]"
     head = f"{model} at {width}x{height}, bf16"
     if "cache_tokens" not in b:
         return (f"{head}: keeps every frame, {b['tokens_per_frame']} tokens and {b['mb_per_frame']} MB per latent "

@@ -1,7 +1,7 @@
 """Echo-Forcing Sampler: chunk-by-chunk generation of a (multi-scene) video as a LATENT for VAE Decode.
 
 Owns: model / timeline / memory wiring, seed, size, denoising steps (`auto`: what the model was made for), the
-attention kernel, the optional start latent, progress, the memory report, the timeline's fps (for Create Video)
+optional start latent, progress, the memory report, the timeline's fps (for Create Video)
 and the run's finished scenes (for Save Scene Memory). The run itself (cache, routing, chunk loop) is
 echo_core.run.start_run; every piece of run state is created inside one execute call and freed when it returns or
 is interrupted.
@@ -10,13 +10,11 @@ is interrupted.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import torch
 from comfy_api.latest import io
 
 from echo_core.errors import EchoError
-from echo_core.model.attention_backend import BACKENDS
 from echo_core.run import start_run
 from echo_core.session import MemorySpec, TimelineSpec, plan_run
 
@@ -77,10 +75,6 @@ class EchoForcingSampler(io.ComfyNode):
                 io.Combo.Input("frames_per_chunk", options=FRAMES, default="auto", optional=True,
                                tooltip="auto: what Load AR Video Model chose, or 3 for a stock MODEL. Frame-wise "
                                        "models (e.g. causal_forcing-framewise via Load Diffusion Model) need 1."),
-                io.Combo.Input("attention", options=list(BACKENDS), default="auto", optional=True,
-                               tooltip="Self-attention kernel. auto: flash_attn when installed (CUDA, fp16/bf16), "
-                                       "else PyTorch SDPA (both exact). sage: SageAttention (int8 Q/K, faster, "
-                                       "approximate). An explicit kernel that cannot run is an error."),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent",
@@ -102,16 +96,15 @@ class EchoForcingSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, timeline: TimelineSpec, seed: int, width: int, height: int, steps: int,
                 memory: MemorySpec | None = None, start_latent: dict | None = None,
-                frames_per_chunk: str = "auto", attention: str = "auto") -> io.NodeOutput:
+                frames_per_chunk: str = "auto") -> io.NodeOutput:
         if not isinstance(timeline, TimelineSpec):
             raise NodeInputError("timeline", f"expected a Prompt Timeline output, got {type(timeline).__name__}")
         resolved = resolve_model(model)
         fpc = checks.frames_per_chunk(frames_per_chunk, FRAMES, resolved.frames_per_chunk)
-        checks.choice("attention", attention, BACKENDS)
         height, width = run_size(resolved, width, height)
         try:
             plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
-            sampler = replace(run_sampler(resolved, steps, fpc), attention=attention)
+            sampler = run_sampler(resolved, steps, fpc)
         except EchoError as e:
             raise checks.node_error(e) from None
         start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space, resolved.spatial_compression)

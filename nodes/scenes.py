@@ -103,10 +103,12 @@ class SaveSceneMemory(io.ComfyNode):
                 io.String.Input("scenes_to_save", default="all", tooltip="Scene numbers, e.g. '1,3', or 'all'."),
                 io.String.Input("names", default="", tooltip="Names in the same order, e.g. 'fox, lake' (what '@name' "
                                                              "recalls); empty: scene-N."),
-                io.Combo.Input("folder", options=WHERE, default=WHERE[0]),
+                io.Combo.Input("folder", options=WHERE, default=WHERE[0],
+                               tooltip="Where the files go: ComfyUI/models/echo_scenes (a library kept across "
+                                       "projects) or the output folder."),
                 io.Boolean.Input("overwrite", default=False, tooltip="Replace scene files of the same name."),
             ],
-            outputs=[io.String.Output(display_name="files")],
+            outputs=[io.String.Output(display_name="files", tooltip="The written scene files, one path a line.")],
             is_output_node=True,
         )
 
@@ -138,13 +140,15 @@ class LoadSceneMemory(io.ComfyNode):
                         "first scene opens the video on it, '@' lets routing choose among saved and new scenes. "
                         "Chain one node per scene. The scene must come from the same model, size and chunk size.",
             inputs=[
-                types.Timeline.Input("timeline"),
+                types.Timeline.Input("timeline", tooltip="The timeline whose '@name' recalls may use this scene "
+                                                         "(Prompt Timeline, or another Load Scene Memory)."),
                 io.Combo.Input("scene", options=folder_paths.get_filename_list(FOLDER),
                                tooltip="A scene file from models/echo_scenes or output/echo_scenes."),
                 io.String.Input("name", default="", optional=True,
                                 tooltip="The name '@name' uses (default: the name it was saved with)."),
             ],
-            outputs=[types.Timeline.Output(display_name="timeline")],
+            outputs=[types.Timeline.Output(display_name="timeline",
+                                           tooltip="The timeline with this saved scene loaded, for the sampler.")],
         )
 
     @classmethod

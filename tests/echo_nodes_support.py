@@ -75,6 +75,14 @@ def write_tiny_vae(path: Path, comfy) -> Path:
     torch.manual_seed(0)
     vae = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True])
+    # ComfyUI's layers skip weight init (torch.empty): give every parameter finite values, or VAE Encode gives NaN
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            else:
+                p.fill_(1.0 if "gamma" in name else 0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
     return path

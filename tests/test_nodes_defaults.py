@@ -81,7 +81,7 @@ def test_menu_defaults_run_the_demo_model_and_report_on_the_node(n):
     memory = _out(n["memory"].SceneMemoryCache.execute(**defaults(n["memory"].SceneMemoryCache)))[0]
     sampler = n["sampler"].EchoForcingSampler
     out = sampler.execute(_toy_model(n), spec, **defaults(sampler), memory=memory)
-    latent, report, fps = out.args
+    latent, report, fps, _ = out.args  # and the run's scenes
     assert fps == 16.0  # what Create Video needs, from the timeline
     assert latent["samples"].shape[-2:] == (12, 12)  # 48x48 pixels through the demo codec
     report = json.loads(report)
@@ -125,7 +125,7 @@ def test_memory_node_budget_defaults_and_route_agree(n):
     params = dict(zip(b.MEMORY_INPUTS, args))
     status, body = b.budget_response({**params, "budget_width": 0, "budget_height": 0})
     assert status == 200 and body["budget"] == shown and (body["width"], body["height"]) == (832, 480)
-    assert "832x480" in body["text"] and "MB K/V" in body["text"]
+    assert "832x480" in body["text"] and "window 21 frames" in body["text"] and "history ring" in body["text"]
     toy = _toy_model(n)
     _, toy_shown = _out(node.execute(*args, budget_model=toy))
     status, body = b.budget_response({**params, "model_name": TOY})

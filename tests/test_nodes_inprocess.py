@@ -161,7 +161,7 @@ TL = "a red fox [1s#] | a frozen lake [1s@] | the red fox again [1s]"  # hard cu
 
 
 def _sample(n, ar, spec, seed=0, memory=None, start=None, steps=2, size=64):
-    return _out(n["sampler"].EchoForcingSampler.execute(ar, spec, seed, size, size, steps, memory, start))[:2]
+    return _out(n["sampler"].EchoForcingSampler.execute(ar, spec, seed, size, size, steps, memory, start))[:3]
 
 
 def test_sampler_output_is_process_out_of_the_core_run(plugin, models, comfy_inprocess):

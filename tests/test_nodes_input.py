@@ -106,7 +106,7 @@ def test_sampler_memory_check_and_start_latent_message(n, toy, monkeypatch):
     assert e.field == "width" and "at 4096x4096 the echo memory" in str(e) and "GiB" in str(e)
     e = _err(sampler.execute, toy, spec, 0, 48, 48, 1, None, {"samples": torch.zeros(1, 16, 1, 8, 8)})
     assert e.field == "start_latent" and "width/height 48x48" in str(e)
-    nan = {"samples": torch.full((1, 16, 1, 12, 12), float("nan"))}
+    nan = {"samples": torch.full((1, 16, 1, 12, 12), float("nan")), "echo_latent_space": "echo-toy"}
     e = _err(sampler.execute, toy, spec, 0, 48, 48, 1, None, nan)
     assert e.field == "start_latent" and "NaN" in str(e)
 
