@@ -143,16 +143,10 @@ def _resolve(policy: PolicySpec, frames_per_chunk: int) -> tuple[str, EchoConfig
 
 # ------------------------------------------------------------------------------------------------- Echo
 def echo_source_frames(config: EchoConfig) -> int:
-    """Anchor-source frames per layer (EchoCache._source_capacity): the ping-pong period plus the largest old
-    memory a switch inserts, at most the window."""
-    mem = config.memory
-    if mem.anchor_frames == 0:
-        return 0
-    extra = 0
-    for name in ("smooth", "hardcut", "recall"):
-        tc = config.mode(name)
-        extra = max(extra, int(tc.use_old_memory) + (tc.old_recent_frames if tc.use_old_recent else 0))
-    return min(mem.window_frames, mem.anchor_period + extra)
+    """Anchor-source frames per layer: the cache's own rule (echo.memory.source_capacity)."""
+    from echo_core.cache.echo.memory import source_capacity
+
+    return source_capacity(config)
 
 
 def _echo_layer(config: EchoConfig, s: int, heads: int, head_dim: int, e: int, batch: int) -> dict[str, int]:

@@ -40,9 +40,13 @@ def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
                       metadata: Mapping[str, str] | None = None) -> None:
-    """Write atomically: a temporary file beside `path`, renamed over it once complete (removed on failure)."""
-    path = Path(path)
-    data = safetensors_bytes(tensors, metadata)
+    """Write atomically (`write_bytes_atomic`)."""
+    write_bytes_atomic(Path(path), safetensors_bytes(tensors, metadata))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """A temporary file beside `path` (".NAME.PID.partial"), renamed over it once complete (removed on failure):
+    a reader never sees a half-written file under the requested name."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(tmp, "wb") as f:

@@ -9,25 +9,14 @@ reads back with the recorded tensor shape.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Any
 
 from echo_core.batch.settings import file_digest
+from echo_core.safetensors_out import write_bytes_atomic
 
 PARTIAL = ".partial"  # every temporary name carries it (write_safetensors: ".NAME.PID.partial")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
