@@ -16,7 +16,6 @@ Bad settings answer HTTP 200 with {"error": {"message", "field"}} (drawn on the 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from functools import lru_cache
 from typing import Any, Mapping
@@ -26,6 +25,8 @@ from typing import Any, Mapping
 from echo_core.config import ConfigError, EchoConfig
 from echo_core.model.config import WanConfig, get_preset
 from echo_core.session import MemorySpec, SpecError
+
+from .timeline_route import register_with_host
 
 BUDGET_ROUTE = "/echo_forcing/budget"
 DECAY_ROUTE = "/echo_forcing/decay_defaults"
@@ -173,15 +174,4 @@ def register(routes: Any) -> None:
     routes.get(DECAY_ROUTE)(handle_decay_defaults)
 
 
-def _register_with_host() -> bool:
-    # As nodes/timeline_route.py: only a running ComfyUI has imported `server`; register once per server.
-    instance = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
-    if instance is None:
-        return False
-    if not getattr(instance, "_echo_forcing_budget_routes", False):
-        register(instance.routes)
-        instance._echo_forcing_budget_routes = True
-    return True
-
-
-REGISTERED = _register_with_host()
+REGISTERED = register_with_host(register, "_echo_forcing_budget_routes")

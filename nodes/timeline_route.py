@@ -103,7 +103,8 @@ def register(routes: Any) -> None:
     routes.post(ROUTE)(handle_timeline)
 
 
-def _register_with_host() -> bool:
+def register_with_host(add_routes: Callable[[Any], None], flag: str) -> bool:
+    """Add a module's routes to the running ComfyUI server once (nodes/budget.py uses it too)."""
     # Only a running ComfyUI has imported its top-level `server` module (main.py does, before custom nodes);
     # looking it up instead of importing it keeps tests and tools from dragging in the host's server.
     prompt_server = getattr(sys.modules.get("server"), "PromptServer", None)
@@ -112,10 +113,14 @@ def _register_with_host() -> bool:
         return False
     # aiohttp refuses two handlers for one method and path at start-up, so importing this module twice
     # (under two names) must not register twice: the flag lives on the server, not in this module.
-    if not getattr(instance, "_echo_forcing_timeline_route", False):
-        register(instance.routes)
-        instance._echo_forcing_timeline_route = True
+    if not getattr(instance, flag, False):
+        add_routes(instance.routes)
+        setattr(instance, flag, True)
     return True
+
+
+def _register_with_host() -> bool:
+    return register_with_host(register, "_echo_forcing_timeline_route")
 
 
 REGISTERED = _register_with_host()
