@@ -138,15 +138,17 @@ def device_available_bytes(device: torch.device | str) -> int | None:
 
 
 def kv_dtype_of(model: Any) -> torch.dtype:
-    """The dtype a model computes K/V in (its first block's q weight; bf16 for fp8 weights; float32 if unknown)."""
+    """The dtype a model computes K/V in (its first block's q weight; bf16 for fp8 weights; for packed GGUF blocks
+    the adapter's `packed_dtype`; float32 if unknown)."""
+    from echo_core.model.wan import compute_dtype, packed_weights_dtype
+
     module = getattr(model, "module", model)
     try:
         w = module.blocks[0].self_attn.q.weight
     except (AttributeError, IndexError, TypeError):
         return torch.float32
-    if not torch.is_floating_point(w):
-        return torch.float32
-    return torch.bfloat16 if w.element_size() == 1 else w.dtype
+    with packed_weights_dtype(getattr(model, "packed_dtype", torch.float32)):
+        return compute_dtype(w)
 
 
 # ------------------------------------------------------------------------------------------------- the check

@@ -91,7 +91,14 @@ def resolve_model(model: Any) -> Resolved:
         cfg = wan_config_of(inner)
     except SpecError as e:
         raise NodeInputError("model", e.detail) from None
-    return Resolved(model, ModuleModel(inner, cfg), cfg, 3, WAN21)
+    return Resolved(model, ModuleModel(inner, cfg, host_compute_dtype(base)), cfg, 3, WAN21)
+
+
+def host_compute_dtype(base: Any) -> torch.dtype:
+    """The dtype ComfyUI computes this model in (its manual-cast dtype, else its weight dtype): what packed GGUF
+    weights are dequantised to, as ComfyUI-GGUF's layers do under ComfyUI's own sampler."""
+    dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
 def run_size(resolved: Resolved, width: int, height: int) -> tuple[int, int]:

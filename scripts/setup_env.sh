@@ -34,4 +34,8 @@ if [ "${ECHO_SKIP_HOST:-0}" != "1" ]; then
     if ! bash "$ROOT/scripts/prepare_comfy_host_080.sh" >/dev/null; then
         echo "setup_env: ComfyUI 0.8.0 host not prepared (see above); its tests will fail under CI=true" >&2
     fi
+    # ComfyUI-GGUF beside the hosts (for the GGUF weight tests) and `gguf` in their venvs.
+    if ! bash "$ROOT/scripts/prepare_comfy_gguf.sh" >/dev/null; then
+        echo "setup_env: ComfyUI-GGUF not prepared (see above); the GGUF tests will fail" >&2
+    fi
 fi

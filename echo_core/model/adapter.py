@@ -10,20 +10,25 @@ from torch import nn
 
 from echo_core.errors import SpecError
 from echo_core.model.config import WanConfig
-from echo_core.model.wan import TextState, causal_forward, encode_text
+from echo_core.model.wan import TextState, causal_forward, encode_text, packed_weights_dtype
 
 
 class ModuleModel:
-    """Adapts a Wan-named module tree to the sampler's CausalModel protocol."""
+    """Adapts a Wan-named module tree to the sampler's CausalModel protocol.
 
-    def __init__(self, module: nn.Module, cfg: WanConfig):
-        self.module, self.cfg = module, cfg
+    packed_dtype: what layers whose weights are packed integer blocks (GGUF through ComfyUI-GGUF) compute in; the
+    host's compute dtype for the model (float32 on a CPU). Float and fp8 weights keep their own rule."""
+
+    def __init__(self, module: nn.Module, cfg: WanConfig, packed_dtype: torch.dtype = torch.float32):
+        self.module, self.cfg, self.packed_dtype = module, cfg, packed_dtype
 
     def encode_text(self, context: torch.Tensor) -> TextState:
-        return encode_text(self.module, self.cfg, context)
+        with packed_weights_dtype(self.packed_dtype):
+            return encode_text(self.module, self.cfg, context)
 
     def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, text: TextState, cache: Any) -> torch.Tensor:
-        return causal_forward(self.module, self.cfg, x, t, text, cache)
+        with packed_weights_dtype(self.packed_dtype):
+            return causal_forward(self.module, self.cfg, x, t, text, cache)
 
 
 def wan_config_of(module: nn.Module) -> WanConfig:

@@ -120,6 +120,33 @@ def layer_hook(hook: Callable[[int], None] | None) -> Iterator[None]:
         _LAYER_HOOK.reset(token)
 
 
+# --------------------------------------------------------------------------------------------- packed weights
+# Weights stored as packed integer blocks (GGUF Q8_0 / Q4_0 ... through ComfyUI-GGUF's layers) are dequantised by
+# their layer to the dtype of its input, so the input's dtype is ours to choose: the host's compute dtype for the
+# model (float32 on a CPU), set per call by the adapter through `packed_weights_dtype`.
+_PACKED_DTYPE: ContextVar[torch.dtype] = ContextVar("echo_packed_dtype", default=torch.float32)
+
+
+@contextmanager
+def packed_weights_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Layers whose weights are packed integer blocks compute in `dtype` inside this context."""
+    token = _PACKED_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _PACKED_DTYPE.reset(token)
+
+
+def compute_dtype(weight: torch.Tensor | None) -> torch.dtype:
+    """The dtype a layer with this weight computes in: the weight's own float dtype; bf16 for fp8 weights; the
+    packed-weights dtype for packed integer blocks (GGUF); float32 without a weight."""
+    if weight is None:
+        return torch.float32
+    if torch.is_floating_point(weight):
+        return torch.bfloat16 if weight.element_size() == 1 else weight.dtype
+    return _PACKED_DTYPE.get()
+
+
 # --------------------------------------------------------------------------------------------- helpers
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """[N] timesteps -> [N, dim] (cos half first, then sin), computed in float64 as Wan does."""
@@ -134,10 +161,7 @@ def _param(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _dtype_of(module: nn.Module) -> torch.dtype:
-    w = getattr(module, "weight", None)
-    if w is None or not torch.is_floating_point(w) or w.element_size() == 1:  # fp8 weights compute in bf16
-        return torch.bfloat16 if w is not None and w.element_size() == 1 else torch.float32
-    return w.dtype
+    return compute_dtype(getattr(module, "weight", None))
 
 
 @dataclass
