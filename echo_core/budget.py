@@ -196,8 +196,20 @@ def _full_capacity_frames(total_frames: int, frames_per_chunk: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- model
-def weights_bytes(cfg: WanConfig, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Bytes of a Wan2.1 T2V DiT's parameters (CausalWanModel's exact parameter count) in `dtype`."""
+GGUF_PREFIX = "gguf_"  # weights_bytes(cfg, "gguf_q8_0"): a GGUF file type (echo_core.model.gguf_size.FILE_TYPES)
+
+
+def weights_bytes(cfg: WanConfig, dtype: torch.dtype | str = torch.bfloat16) -> int:
+    """Bytes of a Wan2.1 T2V DiT's parameters (CausalWanModel's exact parameter count) in `dtype`, or packed as a
+    GGUF file type such as "gguf_q8_0" / "gguf_q4_k_m" / "gguf_q4_0" (what ComfyUI-GGUF holds, tensor by tensor)."""
+    if isinstance(dtype, str):
+        from echo_core.model.gguf_size import FILE_TYPES, gguf_bytes
+
+        kind = dtype.lower().removeprefix(GGUF_PREFIX)
+        if not dtype.lower().startswith(GGUF_PREFIX) or kind not in FILE_TYPES:
+            raise SpecError("weights", f"unknown weight format {dtype!r}; give a torch dtype or one of "
+                                       + ", ".join(GGUF_PREFIX + k for k in FILE_TYPES))
+        return gguf_bytes(cfg, kind)
     d, f = cfg.dim, cfg.ffn_dim
     patch = math.prod(cfg.patch_size)
     linear = d * d + d

@@ -15,9 +15,10 @@ float16; `GGUFFile.as_loaded()` gives those.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -27,10 +28,30 @@ SMALL = 1024  # tensors this small stay float32
 KEEP_F32 = (".modulation",)  # a bare nn.Parameter: kept in full precision
 
 
-def tensor_type(name: str, shape: tuple[int, ...], qtype: "gguf.GGMLQuantizationType"):  # noqa: F821
-    """The GGML type `name` is stored as when the file's weights are quantised to `qtype`."""
-    import gguf
+def gguf_package() -> Any:
+    """PyPI's `gguf` (for this writer and for ComfyUI-GGUF imported in-process). A checkout of this repository in a
+    folder named `gguf` (its __init__.py makes it a package, and pytest puts its parent on sys.path) would shadow
+    the package; look past that folder then."""
+    mod = sys.modules.get("gguf")
+    if mod is not None and hasattr(mod, "GGUFWriter"):
+        return mod
+    repo_parent = Path(__file__).resolve().parents[2]
+    saved = list(sys.path)
+    sys.modules.pop("gguf", None)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != repo_parent]
+    try:
+        import gguf
+    finally:
+        sys.path[:] = saved
+    if not hasattr(gguf, "GGUFWriter"):
+        raise ImportError(f"`gguf` resolves to {gguf.__file__}, not the PyPI package; "
+                          "run scripts/prepare_comfy_gguf.sh")
+    return gguf
 
+
+def tensor_type(name: str, shape: tuple[int, ...], qtype: Any) -> Any:
+    """The GGML type `name` is stored as when the file's weights are quantised to `qtype`."""
+    gguf = gguf_package()
     n = int(np.prod(shape))
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if len(shape) <= 1 or n <= SMALL or any(k in name for k in KEEP_F32) or len(shape) > 4 or shape[-1] % block:
@@ -55,7 +76,7 @@ class GGUFFile:
 def write_gguf(state_dict: Mapping[str, torch.Tensor], path: Path | str, qtype_name: str) -> GGUFFile:
     """Write `state_dict` (Wan key names, no prefix) to `path` with its large weights in `qtype_name` (e.g. "Q8_0",
     "Q4_0"). Raises ValueError for a type gguf cannot quantise to in Python (e.g. the K-quants)."""
-    import gguf
+    gguf = gguf_package()
 
     try:
         qtype = gguf.GGMLQuantizationType[qtype_name]
@@ -90,6 +111,6 @@ def write_gguf(state_dict: Mapping[str, torch.Tensor], path: Path | str, qtype_n
 
 def stored_types(path: Path | str) -> dict[str, str]:
     """{tensor name: GGML type name} as the file holds them (read back with gguf's reader)."""
-    import gguf
+    gguf = gguf_package()
 
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
