@@ -84,6 +84,15 @@ def find_host(version: str) -> Host:
     return Host(version, root, str(python))
 
 
+def find_gguf_pack() -> Path:
+    """ComfyUI-GGUF as scripts/prepare_comfy_gguf.sh left it (.cache/ComfyUI-GGUF, linked into test servers)."""
+    pack = REPO_ROOT / ".cache" / "ComfyUI-GGUF"
+    if not (pack / "nodes.py").is_file():
+        raise ComfyHostMissing(f"no ComfyUI-GGUF at {pack}; run `bash scripts/prepare_comfy_gguf.sh` (or "
+                               "scripts/setup_env.sh): it needs shared/hosts/ComfyUI-GGUF-795e451.tar.gz")
+    return pack
+
+
 # ---------------------------------------------------------------------------------------------------------
 # In-process use of ComfyUI internals
 # ---------------------------------------------------------------------------------------------------------
@@ -259,7 +268,7 @@ class ComfyServer:
     def __init__(self, host_dir: Path, work_dir: Path, *, plugin_dir: Path | None = REPO_ROOT,
                  models_dir: Path | None = None, extra_args: Sequence[str] = (),
                  startup_timeout: float = 120.0, python: str = sys.executable,
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, extra_custom_nodes: Sequence[Path] = ()):
         self.host_dir = Path(host_dir)
         self.work_dir = Path(work_dir)
         self.base_dir = self.work_dir / "base"
@@ -270,6 +279,7 @@ class ComfyServer:
         self.startup_timeout = startup_timeout
         self.python = python
         self.extra_env = dict(env or {})
+        self.extra_custom_nodes = tuple(Path(p) for p in extra_custom_nodes)  # other node packs, linked beside ours
         self.port: int | None = None
         self.pid: int | None = None
         self._proc: subprocess.Popen | None = None
@@ -295,6 +305,10 @@ class ComfyServer:
             link = custom / PLUGIN_DIR_NAME
             if not link.is_symlink():
                 link.symlink_to(self.plugin_dir.resolve(), target_is_directory=True)
+        for pack in self.extra_custom_nodes:
+            link = custom / pack.name
+            if not link.is_symlink():
+                link.symlink_to(pack.resolve(), target_is_directory=True)
         return write_paths_yaml(self.work_dir / "extra_model_paths.yaml", self.models_dir)
 
     def start(self) -> "ComfyServer":
