@@ -1,5 +1,6 @@
 """GGUF weights without a host: the size tables behind budget.weights_bytes(cfg, "gguf_..."), the compute dtype of
-packed (integer-block) weights, and the tests' own GGUF writer read back with gguf's reader."""
+packed (integer-block) weights, and the tests' own GGUF writer read back with gguf's reader (marked `host`: the
+`gguf` package comes with the hosts, scripts/prepare_comfy_gguf.sh)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def test_tensor_shapes_count_every_parameter(preset):
     assert 2 * sum(math.prod(s) for s in wan_tensor_shapes(cfg).values()) == weights_bytes(cfg, torch.bfloat16)
 
 
+@pytest.mark.host  # gguf comes with the hosts (scripts/prepare_comfy_gguf.sh)
 def test_block_sizes_are_ggmls():
     from gguf_writer import gguf_package
 
@@ -105,6 +107,7 @@ def test_packed_weights_compute_in_the_adapters_dtype():
 
 
 # --------------------------------------------------------------------------------------------- the tests' writer
+@pytest.mark.host
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
 def test_writer_round_trips_through_ggufs_reader(tmp_path, qtype):
     import gguf_writer as W
