@@ -1,6 +1,7 @@
 """GGUF weights through ComfyUI-GGUF (city96, .cache/ComfyUI-GGUF from scripts/prepare_comfy_gguf.sh): a tiny causal
 Wan written as GGUF (Q8_0, Q4_0) loads through UnetLoaderGGUF and samples through the Echo-Forcing sampler, and
-its latents equal those of the same graph on a safetensors file holding the dequantised weights (same seed).
+its latents equal those of the same graph on a safetensors file holding the dequantised weights (same seed); so do
+they with a LoRA on top (in process).
 
 Dequantised exactly as the loader does (tests/gguf_writer.py): UnetLoaderGGUF multiplies scale x quant in
 float16, UnetLoaderGGUFAdvanced with dequant_dtype float32 in float32. Tolerance 1e-5 absolute on latents of
@@ -75,6 +76,8 @@ def plugin_nodes(comfy_inprocess, tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf_models")
     S.register_models_dir(root)
     names = write_gguf_models(root / "diffusion_models")
+    # the same seed-3 weights' stock LoRA (echo_nodes_support): LoRA loaders patch GGUF layers too
+    names["lora"] = S.write_stock_dit_and_lora(root / "diffusion_models", root / "loras")[1]
     nodes = {n: import_module(f"{plugin.__name__}.nodes.{n}") for n in ("timeline", "sampler")}
     return nodes, names
 
@@ -102,7 +105,16 @@ def test_gguf_model_matches_its_dequantised_weights_in_process(gguf_nodes, plugi
     assert diff <= TOL
     assert other > 100 * TOL  # the weights' last bits show: the match above is not a loose tolerance
 
-    if qtype == "Q8_0":  # the advanced loader's float32 dequantisation matches gguf's own dequantiser
+    if qtype == "Q8_0":
+        # a LoRA on the GGUF model (ComfyUI-GGUF applies it at dequantisation) = the same LoRA on the dequantised
+        lora = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only
+        with_lora = _run(nodes, lora(model, names["lora"], 1.0)[0])
+        ref = _run(nodes, lora(comfy_nodes.UNETLoader().load_unet(names[f"{qtype}_fp16"], "default")[0],
+                               names["lora"], 1.0)[0])
+        assert _max_diff(with_lora, ref) <= TOL
+        assert _max_diff(with_lora, gguf) > 0.1  # the LoRA changes the video
+        # The advanced loader's float32 dequantisation matches gguf's own dequantiser. Last: ComfyUI-GGUF keeps
+        # dequant_dtype on its shared layer class, so this load changes what `model` above computes too.
         adv = gguf_nodes.UnetLoaderGGUFAdvanced().load_unet(names[qtype], "float32", "default", False)[0]
         assert _max_diff(_run(nodes, adv), fp32) <= TOL
 
