@@ -119,6 +119,31 @@ def test_gguf_model_matches_its_dequantised_weights_in_process(gguf_nodes, plugi
         assert _max_diff(_run(nodes, adv), fp32) <= TOL
 
 
+def test_packed_weights_compute_in_comfys_dtype_for_the_model(comfy_inprocess):
+    """On a GPU ComfyUI computes a GGUF model in fp16/bf16 (its manual-cast or weight dtype): the sampler's
+    packed layers follow it, and the K/V cache is sized in it."""
+    import types
+    from importlib import import_module
+
+    from echo_core.model.adapter import ModuleModel
+    from echo_core.model.config import PRESETS
+    from echo_core.model.wan import CausalWanModel
+    from echo_core.preflight import kv_dtype_of
+
+    host = import_module(f"{S.load_plugin().__name__}.nodes._host")
+
+    def base(cast, weights):
+        return types.SimpleNamespace(manual_cast_dtype=cast, get_dtype=lambda: weights)
+
+    assert host.host_compute_dtype(base(torch.bfloat16, torch.uint8)) == torch.bfloat16
+    assert host.host_compute_dtype(base(None, torch.float16)) == torch.float16
+    assert host.host_compute_dtype(base(None, torch.uint8)) == torch.float32  # not a float: the CPU default
+    cfg = PRESETS["tiny"]
+    m = CausalWanModel(cfg)
+    m.blocks[0].self_attn.q.weight = torch.nn.Parameter(torch.zeros(4, 34, dtype=torch.uint8), requires_grad=False)
+    assert kv_dtype_of(ModuleModel(m, cfg, host.host_compute_dtype(base(torch.float16, torch.uint8)))) == torch.float16
+
+
 # --------------------------------------------------------------------------------------------- real server
 @pytest.fixture(scope="module")
 def gguf_server(comfy_host_version, comfy_inprocess, tmp_path_factory):
