@@ -142,7 +142,8 @@ function drawLinks(svg, bar, tl) {
   const ns = "http://www.w3.org/2000/svg";
   svg.replaceChildren();
   const base = bar.getBoundingClientRect();
-  const scale = base.width / (bar.offsetWidth || base.width || 1); // the canvas may be zoomed
+  if (!bar.isConnected || !base.width || !bar.offsetWidth) return; // not laid out (node hidden or off screen)
+  const scale = base.width / bar.offsetWidth; // the canvas may be zoomed
   const x = (e) => (e.getBoundingClientRect().left + e.getBoundingClientRect().width / 2 - base.left) / scale;
   const scenes = bar.querySelectorAll(".echo-tl-scene"), bounds = bar.querySelectorAll(".echo-tl-boundary");
   tl.transitions.forEach((t, k) => {
@@ -471,7 +472,7 @@ function setUp(node) {
   node.addDOMWidget("echo_timeline_view", "echo_timeline", view, { serialize: false, getMinHeight: height });
   for (const w of node.widgets) {
     if (w !== textWidget && !(w.name in OPTION_WIDGETS)) continue;
-    chainCallback(w, "callback", () => { state.stale = true; scheduleRefresh(node); });
+    chainCallback(w, "callback", () => { state.stale = true; state.editError = null; scheduleRefresh(node); });
   }
   chainCallback(node, "onConnectionsChange", () => scheduleRefresh(node));
   scheduleRefresh(node);
