@@ -155,6 +155,8 @@ def test_edit_the_timeline(editor, comfy_server, artifacts_dir):
     assert view["text"] == text.replace("[3s] ;", "[3s] | new scene [3s] ;")
     assert len(view["scenes"]) == 4 and view["promptInput"] == "new scene"  # the new scene is selected
     text = view["text"]
+    time.sleep(0.3)  # the recall link is drawn on the next frame
+    B.screenshot(page, artifacts_dir / f"comfy{comfy_server.version}" / "timeline_editor_added.png")
 
     # Move scene 3 ("the beach again", recalls scene 1) left of scene 2: '@1' still names scene 1.
     click_scene(page, 3)
@@ -236,6 +238,12 @@ def test_chunk_size_and_steering(editor, comfy_server, artifacts_dir):
         return String(node.id);""")
     progress = {"prompt_id": "p-1", "node": "9", "timeline_node": node_id, "chunk": 5, "total_chunks": 12,
                 "scene_index": 1, "timeline": "a harbour [3s@harbour_day] | a market [3s] | the harbour [3s]"}
+    # The sampler starts: the panel opens before the first chunk, with the prompt id of execution_start.
+    page.execute_script("""window.__emit('execution_start', {prompt_id: 'p-1'});
+        window.__emit('executing', String(app.graph._nodes.find(n => n.type === 'EchoForcingSampler').id));""")
+    view = act(page, "return false;")
+    assert view["steer"] and view["scenes"][0]["running"]
+    assert page.execute_script("return window.__echoNode.echoTimeline.run.prompt_id") == "p-1"
     page.execute_script(f"window.__emit('echo_forcing.progress', {json.dumps(progress)});")
     B.wait_js(page, "window.__echoNode.echoTimeline.runMessages >= 1", what="the progress message drawn")
     view = act(page, "return false;")

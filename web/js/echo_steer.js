@@ -9,11 +9,17 @@ import { EditError, checkPrompt, checkSeconds } from "./echo_timeline_text.js";
 export const STEER_ROUTE = "/echo_forcing/steer";
 const ENDED = ["execution_success", "execution_error", "execution_interrupted"];
 
-// handlers: progress(detail), final(detail), ended(prompt_id). The prompt id steering needs comes with every
-// progress message.
+// handlers: progress(detail), final(detail), executing(node id, prompt id), ended(prompt id). The prompt id
+// comes with every progress message; before the first one, from execution_start.
 export function installRunListeners(api, handlers) {
+  let started = null;
   api.addEventListener("echo_forcing.progress", (e) => handlers.progress(e.detail));
   api.addEventListener("echo_forcing.timeline_final", (e) => handlers.final(e.detail));
+  api.addEventListener("execution_start", (e) => { started = e.detail?.prompt_id ?? null; });
+  api.addEventListener("executing", (e) => {
+    const id = e.detail && typeof e.detail === "object" ? e.detail.node : e.detail;
+    if (id != null) handlers.executing(id, started);
+  });
   for (const type of ENDED) api.addEventListener(type, (e) => handlers.ended(e.detail?.prompt_id));
 }
 

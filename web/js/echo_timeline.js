@@ -6,20 +6,18 @@
 // the run generated is written back. User text is only ever set as textContent.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { chainCallback, el, injectCss, inputSource, outputTargets, widget } from "./echo_dom.js";
+import { ASSUMED_FPC, LOADER, SAMPLER, chunkSize, timelineFeeding } from "./echo_chunk_size.js";
+import { chainCallback, el, injectCss, widget } from "./echo_dom.js";
 import { buildSteerPanel, installRunListeners, postSteer } from "./echo_steer.js";
 import * as T from "./echo_timeline_text.js";
 
 const NODE_TYPES = new Set(["EchoPromptTimeline"]);
-const SAMPLER = "EchoForcingSampler";
-const LOADER = "EchoLoadARVideoModel";
 const TEXT_WIDGETS = ["timeline", "text"];
 // Widgets that change how the text is read -> the route's parameter; sent when the node has the widget.
 const OPTION_WIDGETS = { fps: "fps", frames_per_chunk: "frames_per_chunk", marker_semantics: "marker_semantics",
   default_transition: "default_mode" };
 const DEBOUNCE_MS = 300;
 const PROMPT_CHARS = 40;
-const ASSUMED_FPC = 3; // what the sampler's "auto" gives a stock MODEL
 
 const MODES = {
   smooth: { glyph: "~", label: "smooth", color: "#6c9" },
@@ -75,36 +73,6 @@ function transitionText(t) {
   if (t.mode !== "recall") return m.label;
   if (t.recall_name != null) return `${m.label} of saved '${t.recall_name}'`;
   return t.recall_source == null ? `${m.label} (auto)` : `${m.label} scene ${t.recall_source + 1}`;
-}
-
-// ------------------------------------------------------------------------------------------ chunk size
-// The chunk size the sampler fed by this node will use: its frames_per_chunk widget, else the Load AR Video
-// Model's, else 3 for a stock MODEL; null ("auto") when the checkpoint decides or nothing is linked.
-function samplerChunk(sampler) {
-  const own = parseInt(widget(sampler, "frames_per_chunk")?.value);
-  if (own > 0) return { fpc: own, why: "the sampler's frames_per_chunk" };
-  const model = inputSource(sampler, "model");
-  if (!model) return { fpc: null, why: "no model linked to the sampler" };
-  if (model.type !== LOADER) return { fpc: ASSUMED_FPC, why: "a stock MODEL's chunk size" };
-  const loader = parseInt(widget(model, "frames_per_chunk")?.value);
-  if (loader > 0) return { fpc: loader, why: "Load AR Video Model's frames_per_chunk" };
-  return { fpc: null, why: "the checkpoint decides (loader on auto)" };
-}
-
-function chunkSize(node) {
-  const samplers = [], seen = new Set([node]), queue = [node];
-  while (queue.length) { // through Recall Scene and the like, to every sampler this timeline feeds
-    for (const t of outputTargets(queue.shift())) {
-      if (seen.has(t)) continue;
-      seen.add(t);
-      if (t.type === SAMPLER) samplers.push(t);
-      else queue.push(t);
-    }
-  }
-  if (!samplers.length) return { fpc: null, why: "no sampler linked" };
-  const found = samplers.map(samplerChunk);
-  if (found.every((c) => c.fpc != null && c.fpc === found[0].fpc)) return found[0];
-  return found.find((c) => c.fpc == null) ?? { fpc: null, why: "the linked samplers differ" };
 }
 
 // ------------------------------------------------------------------------------------------ drawing
@@ -421,6 +389,15 @@ async function onProgress(d) {
   state.runMessages = (state.runMessages ?? 0) + 1;
 }
 
+// The sampler fed by a Prompt Timeline starts: steering is open before its first chunk is done.
+function onExecuting(nodeId, promptId) {
+  const sampler = app.graph?._nodes?.find((x) => String(x.id) === String(nodeId));
+  const node = sampler?.type === SAMPLER ? timelineFeeding(sampler) : null;
+  if (!node?.echoTimeline || node.echoTimeline.run || promptId == null) return;
+  node.echoTimeline.run = { prompt_id: promptId, chunk: null, total_chunks: null, scene_index: 0 };
+  draw(node);
+}
+
 function onFinal(d) {
   const node = findTimelineNode(d?.timeline_node);
   if (!node) return;
@@ -488,7 +465,7 @@ function watchChunkSize(node) {
 app.registerExtension({
   name: "echo_forcing.timeline",
   setup() {
-    installRunListeners(api, { progress: onProgress, final: onFinal, ended: onEnded });
+    installRunListeners(api, { progress: onProgress, final: onFinal, executing: onExecuting, ended: onEnded });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name === SAMPLER || nodeData.name === LOADER) {
