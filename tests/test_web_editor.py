@@ -252,6 +252,9 @@ def test_chunk_size_and_steering(editor, comfy_server, artifacts_dir):
     status = page.execute_script("return window.__echoNode.echoTimeline.view.querySelector("
                                  "'.echo-tl-steer-status').textContent")
     assert status == "scene 2 of 3 \u00b7 chunk 6 / 12"
+    page.execute_script("window.__echoNode.echoTimeline.view.querySelector('.echo-tl-steer-toggle').click()")
+    assert page.execute_script("return !window.__echoNode.echoTimeline.view.querySelector("
+                               "'.echo-tl-steer-forms').hidden")  # the forms unfold on demand
     options = page.execute_script("return Array.from(window.__echoNode.echoTimeline.view.querySelectorAll("
                                   "'.echo-tl-steer-edit-scene option')).map(o => o.value)")
     assert options == ["3"]  # only scenes that have not started can be edited

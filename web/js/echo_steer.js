@@ -84,12 +84,20 @@ export function buildSteerPanel(send) {
   setOptions(app.how, [["smooth", "smooth"], ["cut", "hard cut"], ["recall", "recall (auto)"]]);
   const edit = { scene: el("select", "echo-tl-steer-edit-scene"), prompt: input("echo-tl-steer-edit-prompt",
     "new prompt (empty: keep)", 24), seconds: input("echo-tl-steer-edit-seconds", "s", 3) };
-  root.append(
-    row("run", status, button("stop", "stop")),
+  // The forms fold away, so a running node grows by one line unless someone steers.
+  const forms = el("div", "echo-tl-steer-forms");
+  forms.hidden = true;
+  forms.append(
     row("end scene now", now.how, now.prompt, now.seconds, button("now", "go")),
     row("append", app.prompt, app.seconds, app.how, button("append", "add")),
-    row("edit", edit.scene, edit.prompt, edit.seconds, button("edit", "apply")),
-    msg);
+    row("edit", edit.scene, edit.prompt, edit.seconds, button("edit", "apply")));
+  const toggle = el("button", "echo-tl-btn echo-tl-steer-toggle", "steer \u25be");
+  toggle.addEventListener("click", (e) => {
+    e.stopPropagation();
+    forms.hidden = !forms.hidden;
+    root.dispatchEvent(new CustomEvent("echo-steer-resize"));
+  });
+  root.append(row("run", status, button("stop", "stop"), toggle), forms, msg);
 
   const show = (answer) => {
     msg.className = "echo-tl-steer-msg " + (answer.error ? "error" : "ok");
@@ -153,5 +161,11 @@ export function buildSteerPanel(send) {
   const pick = (scene) => { // a click on a scene that has not started picks it for editing
     if ([...edit.scene.options].some((o) => o.value === String(scene))) edit.scene.value = String(scene);
   };
-  return { root, update, pick, show };
+  const reset = () => { // a new run: no answer of the last one, forms folded
+    msg.textContent = "";
+    msg.className = "echo-tl-steer-msg";
+    delete msg.dataset.field;
+    forms.hidden = true;
+  };
+  return { root, update, pick, show, reset, expanded: () => !forms.hidden };
 }

@@ -44,10 +44,11 @@ const CSS = `
 .echo-tl-secs { opacity: 0.8; }
 .echo-tl-boundary { flex: 0 0 16px; display: flex; align-items: center; justify-content: center;
   font-size: 13px; font-weight: bold; cursor: col-resize; user-select: none; touch-action: none; }
-.echo-tl-transitions, .echo-tl-totals, .echo-tl-progress { white-space: nowrap; overflow: hidden;
-  text-overflow: ellipsis; }
+.echo-tl-transitions, .echo-tl-totals { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .echo-tl-totals { opacity: 0.8; }
-.echo-tl-progress { color: #fd4; }
+.echo-tl-steer-status { color: #fd4; }
+.echo-tl-steer-forms { display: flex; flex-direction: column; gap: 3px; }
+.echo-tl-steer-forms[hidden] { display: none; }
 .echo-tl-edit, .echo-tl-steer-row { display: flex; gap: 4px; align-items: center; white-space: nowrap; }
 .echo-tl-edit input, .echo-tl-steer input, .echo-tl-edit select, .echo-tl-steer select { font: 11px sans-serif;
   background: #222; color: #ddd; border: 1px solid #555; border-radius: 2px; min-width: 0; }
@@ -155,7 +156,6 @@ function draw(node) {
     el("div", "echo-tl-transitions", steps.length ? steps.join("  \u00b7  ") : "one scene, no transitions"),
     el("div", "echo-tl-totals", totalsText(tl, state.chunk))];
   if (run) {
-    rows.push(el("div", "echo-tl-progress", `generating scene ${run.scene_index + 1} of ${tl.scenes.length}`));
     rows.push(state.steer.root);
     state.steer.update(run, tl.scenes.length);
   } else if (!state.error) {
@@ -376,8 +376,8 @@ async function onProgress(d) {
   const node = findTimelineNode(d?.timeline_node);
   if (!node) return;
   const state = node.echoTimeline;
-  state.run = { ...(state.run?.prompt_id === d.prompt_id ? state.run : {}), prompt_id: d.prompt_id,
-    chunk: d.chunk, total_chunks: d.total_chunks, scene_index: d.scene_index };
+  if (state.run?.prompt_id !== d.prompt_id) startRun(node, d.prompt_id);
+  Object.assign(state.run, { chunk: d.chunk, total_chunks: d.total_chunks, scene_index: d.scene_index });
   const tl = d.timeline;
   if (tl && typeof tl === "object" && tl.scenes) state.run.parsed = tl;
   else if (typeof tl === "string" && tl !== state.run.text) { // the run's text: drawn as the parser reads it
@@ -394,8 +394,15 @@ function onExecuting(nodeId, promptId) {
   const sampler = app.graph?._nodes?.find((x) => String(x.id) === String(nodeId));
   const node = sampler?.type === SAMPLER ? timelineFeeding(sampler) : null;
   if (!node?.echoTimeline || node.echoTimeline.run || promptId == null) return;
-  node.echoTimeline.run = { prompt_id: promptId, chunk: null, total_chunks: null, scene_index: 0 };
+  startRun(node, promptId);
   draw(node);
+}
+
+function startRun(node, promptId) {
+  const state = node.echoTimeline;
+  state.run = { prompt_id: promptId, chunk: null, total_chunks: null, scene_index: 0 };
+  state.msgShown = false;
+  state.steer.reset();
 }
 
 function onFinal(d) {
@@ -431,8 +438,11 @@ function setUp(node) {
   state.steer = buildSteerPanel((action, fields) => postSteer(api, state.run?.prompt_id, action, fields));
   state.steer.root.addEventListener("echo-steer-answer", (e) => {
     const tl = e.detail?.timeline;
-    if (state.run && tl && typeof tl === "object" && tl.scenes) { state.run.parsed = tl; draw(node); }
+    state.msgShown = true;
+    if (state.run && tl && typeof tl === "object" && tl.scenes) state.run.parsed = tl;
+    draw(node);
   });
+  state.steer.root.addEventListener("echo-steer-resize", () => fitHeight(node));
   view.addEventListener("pointerdown", (e) => {
     const handle = e.target.closest?.(".echo-tl-boundary");
     if (handle) startDrag(node, handle, e);
@@ -445,7 +455,8 @@ function setUp(node) {
     state.selected = state.selected === i ? null : i;
     draw(node);
   });
-  const height = () => (state.run ? 260 : 150) + (state.error || state.editError ? 30 : 0);
+  const height = () => 150 + (state.run && state.steer.expanded() ? 80 : 0) + (state.msgShown ? 20 : 0) +
+    (state.error || state.editError ? 30 : 0);
   node.addDOMWidget("echo_timeline_view", "echo_timeline", view, { serialize: false, getMinHeight: height });
   for (const w of node.widgets) {
     if (w !== textWidget && !(w.name in OPTION_WIDGETS)) continue;
