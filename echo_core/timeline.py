@@ -46,6 +46,7 @@ __all__ = [
     "parse_script",
     "parse_timeline",
     "source_spans",
+    "subtitle_spans",
 ]
 
 
@@ -564,3 +565,18 @@ def source_spans(script: TimelineScript) -> list[dict[str, Span | None]]:
         out.append({"span": (base, base + len(raw)), "prompt": prompt, "tag": tag, "seconds": seconds,
                     "marker": marker, "opening": opening})
     return out
+
+
+def subtitle_spans(text: str) -> list[Span]:
+    """Where each subtitle (the `|` parts between the first and the second ';') stands in the text, without its
+    surrounding spaces; an empty subtitle is an empty span at its place. Empty list: the text has no subtitles."""
+    first = text.find(";")
+    if first == -1:
+        return []
+    end = text.find(";", first + 1)
+    spans, start = [], first + 1
+    for piece in text[first + 1:len(text) if end == -1 else end].split("|"):
+        lead = len(piece) - len(piece.lstrip())
+        spans.append((start + lead, start + lead + len(piece.strip())))
+        start += len(piece) + 1
+    return spans

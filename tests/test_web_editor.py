@@ -158,24 +158,26 @@ def test_edit_the_timeline(editor, comfy_server, artifacts_dir):
     time.sleep(0.3)  # the recall link is drawn on the next frame
     B.screenshot(page, artifacts_dir / f"comfy{comfy_server.version}" / "timeline_editor_added.png")
 
-    # Move scene 3 ("the beach again", recalls scene 1) left of scene 2: '@1' still names scene 1.
+    # Move scene 3 ("the beach again", recalls scene 1) left of scene 2: '@1' still names scene 1 and the
+    # subtitles follow their scenes.
     click_scene(page, 3)
     view = act(page, "st.view.querySelector('[data-action=\"left\"]').click();")
     assert view["prompts"] == ["a beach at dawn", "the beach again", "a pine forest", "new scene"]
     assert view["text"] == text.replace("a pine forest  [3s@1]||the beach again [3s]",
-                                        "the beach again [3s]||a pine forest  [3s@1]")
+                                        "the beach again [3s]||a pine forest  [3s@1]").replace("two | three",
+                                                                                              "three | two")
     text = view["text"]
 
-    # Delete scene 1: the recall of scene 1 falls back to automatic routing; the rest stays as written.
+    # Delete scene 1 and its subtitle: the recall of scene 1 falls back to automatic routing.
     click_scene(page, 1)
     view = act(page, "st.view.querySelector('[data-action=\"delete\"]').click();")
-    assert view["text"] == "  the beach again [3s]||a pine forest  [3s@] | new scene [3s] ; one | two | three"
-    assert view["error"] is None and len(view["scenes"]) == 3
+    assert view["text"] == "  the beach again [3s]||a pine forest  [3s@] | new scene [3s] ; three | two"
+    assert view["error"] is None and len(view["scenes"]) == 3 and view["data"]["subtitles"] == ["three", "two", ""]
 
     # A prompt that the editor would refuse to write is shown inline; the text stays.
     click_scene(page, 1)
     view = act(page, change(".echo-tl-prompt-input", "a | b") + "return false;")
-    assert view["text"] == "  the beach again [3s]||a pine forest  [3s@] | new scene [3s] ; one | two | three"
+    assert view["text"] == "  the beach again [3s]||a pine forest  [3s@] | new scene [3s] ; three | two"
     assert "prompt: a prompt cannot contain" in view["error"]
 
     # User text is never HTML: a prompt with markup is shown as characters and runs nothing.

@@ -102,6 +102,12 @@ def test_route_gives_source_ranges_for_splicing(route):
     e = body["source"][3]
     assert cut[3]["marker"] == "" and e["marker"] == [text.index("s] ;") + 1] * 2  # where a marker would go
     assert [s["prompt"] for s in body["scenes"]] == ["a cat", "b", "c dog d", "e"]  # the parser's view agrees
+    assert [text[a:b] for a, b in body["subtitle_source"]] == ["one", "two"]
+    subs = "a [2s] | b [2s] ;x|  | y ; not a subtitle"
+    status, body = route.timeline_response({"text": subs})
+    blank = subs.index("|  |") + 3  # an empty subtitle: an empty range where its text would go
+    assert body["subtitle_source"] == [[17, 18], [blank, blank], [23, 24]] and subs[23] == "y"
+    assert route.timeline_response({"text": "a [2s]"})[1]["subtitle_source"] == []
 
 
 @pytest.mark.parametrize("params, field", [

@@ -100,24 +100,40 @@ function renumber(text, tl, map, skip = -1) {
   return edits;
 }
 
+// Subtitles are matched to scenes by position: deleting or moving a scene takes its subtitle along.
+function deleteSubtitle(tl, i) {
+  const subs = tl.subtitle_source ?? [];
+  if (i >= subs.length) return [];
+  if (subs.length === 1) return [[subs[0][0], subs[0][1], ""]];
+  return i > 0 ? [[subs[i - 1][1], subs[i][1], ""]] : [[subs[0][0], subs[1][0], ""]];
+}
+
+function swapSubtitles(text, tl, i) {
+  const subs = tl.subtitle_source ?? [];
+  if (i + 1 >= subs.length) return []; // scene i + 1 has no subtitle written: both keep theirs
+  const [a, b] = [subs[i], subs[i + 1]];
+  return [[a[0], b[1], text.slice(b[0], b[1]) + text.slice(a[1], b[0]) + text.slice(a[0], a[1])]];
+}
+
 // Append a scene after the last one (before any subtitles).
 export function addScene(text, tl, prompt, seconds) {
   const end = tl.source[tl.source.length - 1].span[1];
   return splice(text, [[end, end, ` | ${prompt} [${seconds}s]`]]);
 }
 
-// Delete scene i with one neighbouring '|'; "@N" markers that pointed past it follow their scene, those that
-// pointed at it fall back to automatic routing.
+// Delete scene i (and its subtitle) with one neighbouring '|'; "@N" markers that pointed past it follow their
+// scene, those that pointed at it fall back to automatic routing.
 export function deleteScene(text, tl, i) {
   const n = tl.source.length;
   if (n < 2) throw new EditError("scene", "a timeline needs at least one scene");
   const cut = i > 0 ? [tl.source[i - 1].span[1], tl.source[i].span[1]] : [tl.source[0].span[0], tl.source[1].span[0]];
   const k = i + 1;
   const edits = renumber(text, tl, (N) => (N === k ? null : N > k ? N - 1 : N), i);
-  return splice(text, [[cut[0], cut[1], ""], ...edits]);
+  return splice(text, [[cut[0], cut[1], ""], ...edits, ...deleteSubtitle(tl, i)]);
 }
 
-// Swap scene i with scene i + 1 (the spaces and '|' between them stay); "@N" markers follow their scenes.
+// Swap scene i with scene i + 1 (the spaces and '|' between them stay); "@N" markers and subtitles follow their
+// scenes.
 export function swapScenes(text, tl, i) {
   if (i < 0 || i + 1 >= tl.source.length) throw new EditError("scene", "no scene to swap with");
   const [a, b] = [tl.source[i].span, tl.source[i + 1].span];
@@ -125,5 +141,5 @@ export function swapScenes(text, tl, i) {
   const edits = renumber(text, tl, (N) => (N === ka ? kb : N === kb ? ka : N));
   const outside = edits.filter(([s]) => s < a[0] || s >= b[1]);
   const swapped = sliceWith(text, b[0], b[1], edits) + text.slice(a[1], b[0]) + sliceWith(text, a[0], a[1], edits);
-  return splice(text, [[a[0], b[1], swapped], ...outside]);
+  return splice(text, [[a[0], b[1], swapped], ...outside, ...swapSubtitles(text, tl, i)]);
 }
