@@ -45,6 +45,8 @@ __all__ = [
     "TransitionMode",
     "parse_script",
     "parse_timeline",
+    "source_spans",
+    "subtitle_spans",
 ]
 
 
@@ -521,3 +523,60 @@ def parse_timeline(text: str, *, fps: float = 16, frames_per_chunk: int = 3, tem
         fps=fps, frames_per_chunk=frames_per_chunk, temporal_compression=temporal_compression,
         default_mode=default_mode, default_chunks_per_scene=default_chunks_per_scene,
         marker_semantics=marker_semantics, total_latent_frames=total_latent_frames)
+
+
+# ----------------------------------------------------------------------------------------------- source ranges
+
+Span = tuple[int, int]  # [start, end) character offsets in the timeline text
+
+
+def source_spans(script: TimelineScript) -> list[dict[str, Span | None]]:
+    """Where each scene's pieces stand in the text, so an editor can splice one piece and leave every other
+    character as written: `span` (the scene without surrounding spaces), `prompt` (first to last prompt
+    character; a tag in the middle of the prompt lies inside it), `tag` ("[10s@2]"), `seconds` ("10"), `marker`
+    (what follows the unit: "", "#", "@", "@2", "@name"; an empty span marks where a marker goes) and `opening`
+    ("[@name]"). The script has already been parsed, so the brackets are known to be well formed."""
+    out: list[dict[str, Span | None]] = []
+    for scene in script.scenes:
+        part, raw = scene.part, scene.part.raw
+        base = part.column
+        tag = seconds = marker = opening = None
+        outside: list[int] = []  # offsets of prompt characters (not in a tag, not blank)
+        i = 0
+        while i < len(raw):
+            if raw[i] != "[":
+                if not raw[i].isspace():
+                    outside.append(i)
+                i += 1
+                continue
+            close = raw.index("]", i)
+            body = raw[i + 1:close]
+            if re.fullmatch(rf"\s*@\s*({SCENE_NAME})?\s*", body):
+                opening = (base + i, base + close + 1)
+            else:
+                m = _TAG_BODY.fullmatch(body)
+                assert m is not None
+                inner = base + i + 1
+                tag = (base + i, base + close + 1)
+                seconds = (inner + m.start("num"), inner + m.end("num"))
+                marker = (inner + m.start("rest"), inner + m.end("rest"))
+            i = close + 1
+        prompt = (base + outside[0], base + outside[-1] + 1) if outside else None
+        out.append({"span": (base, base + len(raw)), "prompt": prompt, "tag": tag, "seconds": seconds,
+                    "marker": marker, "opening": opening})
+    return out
+
+
+def subtitle_spans(text: str) -> list[Span]:
+    """Where each subtitle (the `|` parts between the first and the second ';') stands in the text, without its
+    surrounding spaces; an empty subtitle is an empty span at its place. Empty list: the text has no subtitles."""
+    first = text.find(";")
+    if first == -1:
+        return []
+    end = text.find(";", first + 1)
+    spans, start = [], first + 1
+    for piece in text[first + 1:len(text) if end == -1 else end].split("|"):
+        lead = len(piece) - len(piece.lstrip())
+        spans.append((start + lead, start + lead + len(piece.strip())))
+        start += len(piece) + 1
+    return spans

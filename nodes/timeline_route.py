@@ -6,7 +6,9 @@ language lives in one place (echo_core/timeline.py) and the editor can never dis
     GET  /echo_forcing/timeline?text=...&fps=16&frames_per_chunk=3&marker_semantics=outgoing
     POST /echo_forcing/timeline   {"text": "...", "fps": 16, "frames_per_chunk": 3, "marker_semantics": "outgoing"}
 
-Answers `Timeline.to_dict()` (HTTP 200), or `{"error": {"message", "scene_index", "column", "field"}}`:
+Answers `Timeline.to_dict()` plus `source` (per scene, the [start, end) character ranges of the scene, its
+prompt, tag, seconds, marker and opening tag: echo_core.timeline.source_spans) and `subtitle_source` (HTTP 200),
+or `{"error": {"message", "scene_index", "column", "field"}}`:
 HTTP 200 for a timeline the parser rejects (the editor shows it inline), HTTP 400 for a malformed request.
 ComfyUI also serves every route under `/api`, which is what the front end's `api.fetchApi` calls.
 """
@@ -20,7 +22,7 @@ from typing import Any, Callable, Mapping
 # sys.path, so `echo_core` here is the same module (and TimelineError the same class) the sampler raises.
 from echo_core.errors import EchoError, quote
 from echo_core.preflight import check_chunks
-from echo_core.timeline import TimelineError, TransitionMode, parse_timeline
+from echo_core.timeline import TimelineError, TransitionMode, parse_script, source_spans, subtitle_spans
 
 ROUTE = "/echo_forcing/timeline"
 MAX_TEXT_CHARS = 100_000  # a timeline is a few lines; this only stops absurd requests early
@@ -66,9 +68,13 @@ def timeline_response(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
                            field=unknown[0])
     try:
         kwargs = {k: _option(k, v) for k, v in params.items() if k in _OPTIONS and v is not None}
-        timeline = parse_timeline(text, **kwargs)
+        script = parse_script(text)
+        timeline = script.schedule(**kwargs)
         check_chunks(timeline.total_chunks, timeline.frames_per_chunk, fps=timeline.fps)  # as the sampler will
-        return 200, timeline.to_dict()
+        # Where each scene stands in the text: the editor splices its edits there and nowhere else.
+        return 200, {**timeline.to_dict(), "source": [{k: None if v is None else list(v) for k, v in s.items()}
+                                                      for s in source_spans(script)],
+                     "subtitle_source": [list(s) for s in subtitle_spans(text)]}
     except TimelineError as e:
         field = e.field
         if field == "mode":  # the parser checks both choices at once; name the request field that is wrong

@@ -87,6 +87,29 @@ def test_route_reports_parse_error_with_position(route):
     assert "scene 2" in err["message"] and "'m'" in err["message"] and "[10s]" in err["message"]
 
 
+def test_route_gives_source_ranges_for_splicing(route):
+    """Each scene's pieces as [start, end) ranges of the text as written (odd spacing, an opening tag, a tag in the
+    middle of a prompt, empty parts and subtitles), so the editor can change one piece and leave the rest."""
+    text = "  [@intro] a cat [10s@1 ] |b  [ 5 s #]|| c dog [3s@hero] d | e [2s] ; one|two"
+    status, body = route.timeline_response({"text": text})
+    assert status == 200, body
+    cut = [{k: None if r is None else text[r[0]:r[1]] for k, r in s.items()} for s in body["source"]]
+    assert cut[0] == {"span": "[@intro] a cat [10s@1 ]", "prompt": "a cat", "tag": "[10s@1 ]", "seconds": "10",
+                      "marker": "@1", "opening": "[@intro]"}
+    assert cut[1] == {"span": "b  [ 5 s #]", "prompt": "b", "tag": "[ 5 s #]", "seconds": "5", "marker": "#",
+                      "opening": None}
+    assert cut[2]["prompt"] == "c dog [3s@hero] d" and cut[2]["marker"] == "@hero"
+    e = body["source"][3]
+    assert cut[3]["marker"] == "" and e["marker"] == [text.index("s] ;") + 1] * 2  # where a marker would go
+    assert [s["prompt"] for s in body["scenes"]] == ["a cat", "b", "c dog d", "e"]  # the parser's view agrees
+    assert [text[a:b] for a, b in body["subtitle_source"]] == ["one", "two"]
+    subs = "a [2s] | b [2s] ;x|  | y ; not a subtitle"
+    status, body = route.timeline_response({"text": subs})
+    blank = subs.index("|  |") + 3  # an empty subtitle: an empty range where its text would go
+    assert body["subtitle_source"] == [[17, 18], [blank, blank], [23, 24]] and subs[23] == "y"
+    assert route.timeline_response({"text": "a [2s]"})[1]["subtitle_source"] == []
+
+
 @pytest.mark.parametrize("params, field", [
     ({}, "text"),
     ({"text": 5}, "text"),

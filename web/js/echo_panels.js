@@ -10,6 +10,7 @@
 // Everything computed comes from the server; this file only draws.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { chainCallback, el as element, injectCss, inputSource, widget } from "./echo_dom.js";
 
 const SAMPLER = "EchoForcingSampler";
 const MEMORY = "EchoSceneMemoryCache";
@@ -34,37 +35,14 @@ const CSS = `
 .echo-panel .echo-error { color: #fbb; background: #522; border-radius: 3px; padding: 2px 4px; }
 `;
 
-function injectCss() {
-  if (document.getElementById("echo-panels-css")) return;
-  const style = document.createElement("style");
-  style.id = "echo-panels-css";
-  style.textContent = CSS;
-  document.head.appendChild(style);
-}
-
 function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) {
-    e.textContent = text;
-    e.title = text; // the whole line when the node is too narrow for it
-  }
+  const e = element(tag, cls, text);
+  if (text !== undefined) e.title = text; // the whole line when the node is too narrow for it
   return e;
 }
 
-function chainCallback(obj, name, after) {
-  const orig = obj[name];
-  obj[name] = function (...args) {
-    const r = orig?.apply(this, args);
-    after.apply(this, args);
-    return r;
-  };
-}
-
-const widget = (node, name) => node.widgets?.find((w) => w.name === name);
-
 function addPanel(node, name, lines, placeholder) {
-  injectCss();
+  injectCss("echo-panels-css", CSS);
   const view = el("div", "echo-panel");
   view.appendChild(el("div", "echo-muted", placeholder));
   // A fixed height (min = max) for the lines shown: the layout must not squeeze the panel for an image preview.
@@ -139,9 +117,7 @@ function setUpSampler(node) {
 
 // ------------------------------------------------------------------------------------------ cache budget
 function linkedLoader(node) {
-  const input = node.inputs?.find((i) => i.name === "budget_model");
-  const link = input?.link != null ? node.graph?.links?.[input.link] ?? node.graph?.links?.get?.(input.link) : null;
-  const source = link ? node.graph.getNodeById(link.origin_id) : null;
+  const source = inputSource(node, "budget_model");
   return source?.type === LOADER ? source : null;
 }
 
