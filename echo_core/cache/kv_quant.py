@@ -14,6 +14,7 @@ e4m3 rounding of the values (relative error at most 2**-4 of the token's amax pe
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence
 
 import torch
 
@@ -125,10 +126,29 @@ class KVBuffer:
             self.data[:, :, start:end] = q
             self.scale[:, :, start:end] = s
 
-    def read(self, stop: int, start: int = 0) -> torch.Tensor:
+    def write_blocks(self, starts: Sequence[int], size: int, x: torch.Tensor) -> None:
+        """Block j of x (rows [j * size, (j + 1) * size)) goes to rows [starts[j], starts[j] + size): a chunk's
+        frames into their slots, quantised once for the whole chunk."""
+        if self.scale is None:
+            for j, a in enumerate(starts):
+                self.data[:, :, a:a + size] = x[:, :, j * size:(j + 1) * size]
+            return
+        q, s = quantize(x)
+        for j, a in enumerate(starts):
+            self.data[:, :, a:a + size] = q[:, :, j * size:(j + 1) * size]
+            self.scale[:, :, a:a + size] = s[:, :, j * size:(j + 1) * size]
+
+    def read(self, stop: int, start: int = 0, exact: Sequence[tuple[int, torch.Tensor]] = ()) -> torch.Tensor:
+        """Rows [start, stop) in the model dtype. fp8: one dequantisation of the whole span, then the rows in
+        `exact` ((row, x [B, H, L, D]) pairs, e.g. the running chunk's fresh K/V) replaced by their unrounded
+        values, so only what was cached before carries fp8 rounding. The model dtype stores those rows as they
+        are already (they were just written), so its read is the buffer's view, untouched."""
         if self.scale is None:
             return self.data[:, :, start:stop]
-        return dequantize(self.data[:, :, start:stop], self.scale[:, :, start:stop], self.dtype)
+        out = dequantize(self.data[:, :, start:stop], self.scale[:, :, start:stop], self.dtype)
+        for row, x in exact:
+            out[:, :, row - start:row - start + x.shape[2]] = x
+        return out
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rows `index` as stored (values, scales or None): index_select copies, so a later `put` may overlap."""
@@ -142,10 +162,12 @@ class KVBuffer:
         if self.scale is not None and scale is not None:
             self.scale[:, :, start:end] = scale
 
-    def grown(self, capacity: int) -> "KVBuffer":
-        """A buffer of `capacity` rows holding this one's first min(capacity, self.capacity) rows."""
+    def grown(self, capacity: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+              ) -> "KVBuffer":
+        """A buffer of `capacity` rows (reading as `dtype`, on `device`; default this one's) holding this one's
+        first min(capacity, self.capacity) rows, copied as stored (fp8 values and scales are not re-rounded)."""
         b, h, _, d = self.data.shape
-        out = KVBuffer((b, h, capacity, d), self.dtype, self.device, self.kv_dtype)
+        out = KVBuffer((b, h, capacity, d), dtype or self.dtype, device or self.device, self.kv_dtype)
         keep = min(capacity, self.capacity)
         out.data[:, :, :keep] = self.data[:, :, :keep]
         if self.scale is not None and out.scale is not None:
@@ -155,3 +177,8 @@ class KVBuffer:
     def nbytes(self) -> int:
         extra = 0 if self.scale is None else self.scale.numel() * self.scale.element_size()
         return self.data.numel() * self.data.element_size() + extra
+
+
+def blocks(starts: Sequence[int], size: int, x: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(starts[j], block j of x) for a chunk's frames: the `exact` rows of `KVBuffer.read`."""
+    return [(a, x[:, :, j * size:(j + 1) * size]) for j, a in enumerate(starts)]
