@@ -179,10 +179,7 @@ def make_policy(policy: PolicyLike, ctx: PolicyContext) -> CachePolicy:
         if policy.memory.frames_per_chunk != ctx.frames_per_chunk:
             raise SpecError("memory.frames_per_chunk", f"the memory layout is for {policy.memory.frames_per_chunk} "
                                                        f"frames per chunk, the model makes {ctx.frames_per_chunk}")
-        supported = getattr(EchoCache, "kv_dtypes", ("model",))  # set by the cache once it stores fp8
-        if policy.kv_dtype not in supported:
-            raise SpecError("kv_dtype", f"the echo cache stores K/V only as {', '.join(supported)} in this version, "
-                                        f"not {policy.kv_dtype!r}; set kv_dtype to 'model' or use the rolling policy")
+        check_echo_kv_dtype(policy.kv_dtype)
         return EchoCache(ctx.num_layers, policy, router=ctx.router(policy.routing))
     if callable(policy):
         made = policy(ctx)
@@ -190,6 +187,16 @@ def make_policy(policy: PolicyLike, ctx: PolicyContext) -> CachePolicy:
             raise TypeError(f"a policy factory must return a CachePolicy, got {type(made).__name__}")
         return made
     raise TypeError(f"policy must be a name, an EchoConfig, a CachePolicy or a factory, got {type(policy).__name__}")
+
+
+def check_echo_kv_dtype(kv_dtype: str) -> None:
+    """The echo cache declares the storage it implements (`EchoCache.kv_dtypes`; "model" when it declares none)."""
+    from echo_core.cache.echo.policy import EchoCache
+
+    supported = tuple(getattr(EchoCache, "kv_dtypes", ("model",)))
+    if kv_dtype not in supported:
+        raise SpecError("kv_dtype", f"the echo cache stores K/V only as {', '.join(supported)} in this version, not "
+                                    f"{kv_dtype!r}; set kv_dtype to 'model' or use the rolling policy")
 
 
 def _baseline(config: BaselineConfig, num_layers: int) -> CachePolicy:
