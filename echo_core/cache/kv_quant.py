@@ -9,6 +9,15 @@ Scales are float32, shape [B, H, L] (one per token per head, amax over head_dim 
 per 128-byte head row at Wan's head_dim (3 % over the fp8 payload, K/V at 0.52x of bf16), it has bf16's exponent
 range (an fp16 scale underflows for quiet tokens, amax / 448 < 6e-5) and it is exact, so the only error is the
 e4m3 rounding of the values (relative error at most 2**-4 of the token's amax per head).
+
+How a cache uses it (rolling.py and flush.py do; the Echo cache is to follow):
+* one `KVBuffer(shape, model_dtype, device, kv_dtype)` per frame-sized K or V store, built lazily from the first
+  k/v it sees (`storage_dtype` refuses fp8 on a device that cannot hold it);
+* `write_blocks(starts, size, k)` puts a chunk's frames into their slots (quantised once per chunk);
+* `read(n, exact=blocks(starts, size, k))` once per span per call gives the KVSpan's keys (values likewise);
+* `take(index)` / `put(start, rows)` move rows between slots or stores with their scales (no re-rounding);
+* `nbytes()` is what the budget's `stored_frame_bytes` predicts; a cache that implements fp8 says so in a
+  class attribute `kv_dtypes = KV_DTYPES` (echo_core.run.check_echo_kv_dtype reads EchoCache's).
 """
 
 from __future__ import annotations
