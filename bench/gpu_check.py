@@ -106,10 +106,29 @@ def _echo_fp8(fpc: int) -> tuple[Any, str | None]:
     for value in candidates:
         try:
             changed = dataclasses.replace(holder, kv_dtype=value)
-            return (changed if not path else dataclasses.replace(base, **{path: changed})), None
         except Exception as e:  # the option exists but does not take this spelling: try the next
             tried.append(f"{value!r}: {e}")
+            continue
+        policy = changed if not path else dataclasses.replace(base, **{path: changed})
+        refusal = _echo_cache_refuses(policy)
+        if refusal:  # the setting exists (rolling stores fp8) but the echo cache does not implement it yet
+            return None, f"not available in this version ({refusal})"
+        return policy, None
     return None, "not available in this version (kv_dtype accepts none of " + "; ".join(tried) + ")"
+
+
+def _echo_cache_refuses(policy: Any) -> str | None:
+    """Why the echo cache would refuse this EchoConfig's kv_dtype (echo_core.run.check_echo_kv_dtype), or None."""
+    from echo_core.config import EchoConfig
+
+    check = getattr(_maybe_module("echo_core.run"), "check_echo_kv_dtype", None)
+    if check is None or not isinstance(policy, EchoConfig):
+        return None
+    try:
+        check(policy.kv_dtype)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _maybe_module(name: str) -> Any:

@@ -41,7 +41,8 @@ from mq_report import write_markdown  # noqa: E402
 from mq_saved_scene import markdown as saved_scene_markdown  # noqa: E402
 from mq_saved_scene import run_saved_scene_bench  # noqa: E402
 
-from echo_core.config import EchoConfig  # noqa: E402
+from echo_core.cache.kv_quant import FLOAT8  # noqa: E402
+from echo_core.config import BaselineConfig, EchoConfig  # noqa: E402
 from echo_core.run import PolicyLike  # noqa: E402
 from echo_core.sampler import SamplerConfig  # noqa: E402
 from echo_core.session import MemorySpec  # noqa: E402
@@ -129,9 +130,12 @@ def echo_config(name: str, fpc: int, routing: Any) -> EchoConfig:
 
 
 def policy_of(name: str, bundle: ToyBundle, routing: Any) -> PolicyLike:
-    if name in ("rolling", "flush"):
-        return name
-    return echo_config(name, bundle.frames_per_chunk, routing)
+    """A policy by its row name; a "-fp8" suffix stores its K/V in fp8 (kv_dtype float8_e4m3fn, bench/kv_fp8.py)."""
+    base, fp8 = (name[:-4], True) if name.endswith("-fp8") else (name, False)
+    if base in ("rolling", "flush"):
+        return BaselineConfig(base, FLOAT8) if fp8 else base
+    cfg = echo_config(base, bundle.frames_per_chunk, routing)
+    return replace(cfg, kv_dtype=FLOAT8) if fp8 else cfg
 
 
 def run_policies(bundle: ToyBundle, text: str, names: tuple[str, ...], seed: int,
@@ -203,9 +207,9 @@ def scene_chunks(bundle: ToyBundle, text: str) -> list[tuple[int, int]]:
 
 
 def summarise(per_timeline: list[dict[str, Any]], long: dict[str, Any], runs_meta: dict[str, Any],
-              timelines: list[BenchTimeline]) -> dict[str, dict[str, Any]]:
+              timelines: list[BenchTimeline], names: tuple[str, ...] = POLICIES) -> dict[str, dict[str, Any]]:
     table = {}
-    for name in POLICIES:
+    for name in names:
         rows = [t[name] for t in per_timeline]
         switches = [s for r in rows for s in r["switch"]]
         first = [r["recall_fidelity"] for r, tl in zip(rows, timelines) if tl.recall_source == 0]

@@ -24,7 +24,8 @@ from typing import Any, Union
 
 import torch
 
-from echo_core.config import EchoConfig
+from echo_core.cache.kv_quant import FLOAT8, MODEL, SCALE_BYTES
+from echo_core.config import BaselineConfig, EchoConfig
 from echo_core.errors import SpecError
 from echo_core.model.config import WanConfig
 
@@ -33,7 +34,7 @@ F32 = 4
 I32 = 4
 I64 = 8
 
-PolicySpec = Union[str, EchoConfig]
+PolicySpec = Union[str, EchoConfig, BaselineConfig]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Budget:
     layers: int
     tokens_per_frame: int
     window_frames: int | None  # frames a chunk attends to at most (None: the whole past)
-    kv_dtype: str
+    kv_dtype: str  # the dtype the model computes K/V in
     gpu: dict[str, int]  # component -> bytes, all layers
     pool: dict[str, int] = field(default_factory=dict)  # component -> bytes per pooled scene, all layers (host)
     pool_max_scenes: int = 0
@@ -53,6 +54,7 @@ class Budget:
     # The hot path's context per layer (cache.base ContextMemo): keys rotated once per chunk and, while decay
     # weights are live (Echo), weighted values. Held by the model for the running chunk, beside `gpu`.
     context: dict[str, int] = field(default_factory=dict)
+    kv_storage: str = MODEL  # how the cache stores K/V (kv_quant): "model" (kv_dtype) or "float8_e4m3fn"
 
     @property
     def context_bytes(self) -> int:
@@ -80,7 +82,7 @@ class Budget:
     def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy, "layers": self.layers, "tokens_per_frame": self.tokens_per_frame,
-            "window_frames": self.window_frames, "kv_dtype": self.kv_dtype,
+            "window_frames": self.window_frames, "kv_dtype": self.kv_dtype, "kv_storage": self.kv_storage,
             "gpu_bytes": self.gpu_bytes, "gpu_components": dict(self.gpu),
             "pool_bytes_per_scene": self.pool_bytes_per_scene, "pool_components": dict(self.pool),
             "pool_max_scenes": self.pool_max_scenes, "host_max_bytes": self.host_bytes(),
@@ -97,25 +99,29 @@ def policy_budget(cfg: WanConfig, height: int, width: int, frames_per_chunk: int
 
     kv_dtype: the dtype K/V are computed in (the model's compute dtype; bf16 for fp8 weights). model_dtype: the
     weights' dtype (default kv_dtype). total_frames: latent frames of the whole video, needed by "full" (whose
-    cache grows with the video). guidance: classifier-free guidance keeps a second (empty) prompt's text K/V."""
+    cache grows with the video). guidance: classifier-free guidance keeps a second (empty) prompt's text K/V.
+    How the cache stores K/V comes with the policy (EchoConfig / BaselineConfig `kv_dtype`): fp8 costs one byte
+    per element plus a float32 scale per token per head (kv_quant.KVBuffer); the scene pool (host) and the
+    model's rotated context stay in the model dtype."""
     latent_h, latent_w = height // spatial_compression, width // spatial_compression
     s = cfg.tokens_per_frame(latent_h, latent_w)
     e = _itemsize(kv_dtype)
-    frame = batch * cfg.dim * s * e  # one latent frame of K (or V) for one layer
-    name, echo = _resolve(policy, frames_per_chunk)
+    frame = batch * cfg.dim * s * e  # one latent frame of K (or V) for one layer, in the model dtype
+    name, echo, storage = _resolve(policy, frames_per_chunk)
+    stored = stored_frame_bytes(storage, batch, cfg.num_heads, s, cfg.head_dim, e)  # one frame as the cache holds it
     if echo is not None:
-        per_layer = _echo_layer(echo, s, cfg.num_heads, cfg.head_dim, e, batch)
+        per_layer = _echo_layer(echo, s, cfg.num_heads, cfg.head_dim, e, batch, stored)
         pool = _echo_pool_scene(echo, frame)
         window: int | None = echo.memory.window_frames
         pool_max = echo.recall_frames.pool_max_size
     elif name in ("rolling", "flush"):
         window = ROLLING_WINDOW_FRAMES
-        per_layer, pool, pool_max = {"window": 2 * window * frame}, {}, 0
+        per_layer, pool, pool_max = {"window": 2 * window * stored}, {}, 0
     elif name == "full":
         if total_frames is None:
             raise SpecError("memory", "the full cache grows with the video: its budget needs the video's length")
         window = None
-        per_layer, pool, pool_max = {"window": 2 * _full_capacity_frames(total_frames, frames_per_chunk) * frame}, \
+        per_layer, pool, pool_max = {"window": 2 * _full_capacity_frames(total_frames, frames_per_chunk) * stored}, \
             {}, 0
     else:
         raise SpecError("memory", f"unknown memory policy {name!r}; choose one of echo, rolling, full, flush")
@@ -123,22 +129,34 @@ def policy_budget(cfg: WanConfig, height: int, width: int, frames_per_chunk: int
     gpu = {k: v * cfg.num_layers for k, v in per_layer.items()}
     pool_all = {k: v * cfg.num_layers for k, v in pool.items()}
     act = activation_bytes(cfg, s, frames_per_chunk, attended, e, guidance=guidance, batch=batch,
-                           weighted=echo is not None, scene_end=pool_all.get("recall_frame", 0))
+                           weighted=echo is not None, scene_end=pool_all.get("recall_frame", 0),
+                           dequantised=storage != MODEL)
     context = {"rotated_keys": cfg.num_layers * attended * frame}
     if echo is not None:
         context["weighted_values"] = cfg.num_layers * attended * frame
     return Budget(name, cfg.num_layers, s, window, str(kv_dtype).removeprefix("torch."), gpu, pool_all, pool_max,
-                  weights_bytes(cfg, model_dtype or kv_dtype), act, context)
+                  weights_bytes(cfg, model_dtype or kv_dtype), act, context, storage)
 
 
-def _resolve(policy: PolicySpec, frames_per_chunk: int) -> tuple[str, EchoConfig | None]:
+def _resolve(policy: PolicySpec, frames_per_chunk: int) -> tuple[str, EchoConfig | None, str]:
+    """(policy name, its EchoConfig or None, K/V storage)."""
     if isinstance(policy, EchoConfig):
-        return "echo", policy
+        return "echo", policy, policy.kv_dtype
+    if isinstance(policy, BaselineConfig):
+        return policy.policy, None, policy.kv_dtype
     if policy == "echo":
         from echo_core.config import HierarchicalMemoryConfig
 
-        return "echo", EchoConfig(memory=HierarchicalMemoryConfig.for_frames_per_chunk(frames_per_chunk))
-    return str(policy), None
+        return "echo", EchoConfig(memory=HierarchicalMemoryConfig.for_frames_per_chunk(frames_per_chunk)), MODEL
+    return str(policy), None, MODEL
+
+
+def stored_frame_bytes(kv_storage: str, batch: int, heads: int, s: int, head_dim: int, e: int) -> int:
+    """Bytes of one latent frame of K (or V), one layer, as a cache stores it: `e` bytes per element in the model
+    dtype; fp8 one byte per element plus one float32 scale per token per head (kv_quant.KVBuffer.nbytes)."""
+    if kv_storage == FLOAT8:
+        return batch * heads * s * (head_dim + SCALE_BYTES)
+    return batch * heads * s * head_dim * e
 
 
 # ------------------------------------------------------------------------------------------------- Echo
@@ -149,12 +167,14 @@ def echo_source_frames(config: EchoConfig) -> int:
     return source_capacity(config)
 
 
-def _echo_layer(config: EchoConfig, s: int, heads: int, head_dim: int, e: int, batch: int) -> dict[str, int]:
+def _echo_layer(config: EchoConfig, s: int, heads: int, head_dim: int, e: int, batch: int,
+                stored: int | None = None) -> dict[str, int]:
     """Bytes one layer of EchoCache holds at most, per stored tensor (the `allocate` of each echo module).
-    Frame-sized K/V are in the model's dtype (`e` bytes); weights, rates and sums in float32."""
+    Frame-sized K/V are `stored` bytes per frame (the model's dtype, `e` bytes per element, or fp8 with scales:
+    stored_frame_bytes); weights, rates and sums in float32."""
     mem = config.memory
     w = mem.window_frames
-    frame = batch * heads * s * head_dim * e
+    frame = batch * heads * s * head_dim * e if stored is None else stored
     out = {
         "window": 2 * w * frame,  # k, v [B, H, W*S, D]
         "weights_rates": 2 * w * s * F32,  # w, rates [W*S]
@@ -225,7 +245,8 @@ def weights_bytes(cfg: WanConfig, dtype: torch.dtype | str = torch.bfloat16) -> 
 
 
 def activation_bytes(cfg: WanConfig, s: int, frames_per_chunk: int, attended_frames: int, e: int, *,
-                     guidance: bool = False, batch: int = 1, weighted: bool = True, scene_end: int = 0) -> int:
+                     guidance: bool = False, batch: int = 1, weighted: bool = True, scene_end: int = 0,
+                     dequantised: bool = False) -> int:
     """A rough peak of what one chunk's forward call allocates besides the cache and the weights (one layer at a
     time, as the model runs): the float32 residual stream, the chunk's q/k/v, the float32 RoPE work over every
     attended key, weighted keys/values, the FFN hidden layer; plus the cross-attention K/V of the prompt (all
@@ -237,7 +258,8 @@ def activation_bytes(cfg: WanConfig, s: int, frames_per_chunk: int, attended_fra
     qkv = 3 * q_tokens * d * e
     rope = q_tokens * d * (2 * F32 + e) + k_tokens * d * (3 * F32 + e)  # float copy, products, result, cast
     weights = 2 * k_tokens * d * e if weighted else 0
-    attention = qkv + rope + weights + q_tokens * d * e
+    dequant = 2 * k_tokens * d * e if dequantised else 0  # an fp8 cache's span, dequantised K and V for the call
+    attention = qkv + rope + weights + dequant + q_tokens * d * e
     ffn = 2 * q_tokens * cfg.ffn_dim * e + q_tokens * d * F32
     text = (2 if guidance else 1) * cfg.num_layers * 2 * batch * cfg.text_len * d * e
     positions = k_tokens * 3 * I64 + 2 * k_tokens * (cfg.head_dim // 2) * F32  # key positions, cos/sin

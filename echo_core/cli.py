@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -13,10 +14,12 @@ from typing import Any, Sequence
 
 import torch
 
+from echo_core.cache.kv_quant import check_kv_dtype
+from echo_core.config import BaselineConfig, EchoConfig
 from echo_core.errors import EchoError, InputError, quote
 from echo_core.model.config import get_preset
 from echo_core.preflight import DEFAULT_MAX_CHUNKS, MAX_CHUNKS_ENV, check_chunks, finite, max_chunks
-from echo_core.run import POLICY_NAMES, PolicyLike, RunInputs, start_run
+from echo_core.run import POLICY_NAMES, PolicyLike, RunInputs, echo_config_for, start_run
 from echo_core.safetensors_out import write_safetensors
 from echo_core.sampler import SamplerConfig
 from echo_core.scenes_cli import add_scene_flags, add_scenes_parser, scene_options
@@ -52,6 +55,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="safetensors with 'context' [L, text_dim] (all scenes) or 'context.0', 'context.1', ...")
     p.add_argument("--memory", choices=POLICY_NAMES, default="echo", help="KV-cache policy (default echo)")
     p.add_argument("--memory-config", type=Path, help="EchoConfig JSON (echo memory only; routing included)")
+    p.add_argument("--kv-dtype", default=None, metavar="{model,float8_e4m3fn}",
+                   help="how the KV cache stores keys and values: model (the model's dtype, default) or "
+                        "float8_e4m3fn (fp8 with a scale per token per head: about half the cache)")
     p.add_argument("--seed", type=int, default=0, help="0 to 2**64 - 1")
     p.add_argument("--width", type=int, default=None, help="video width in pixels (multiple of 16)")
     p.add_argument("--height", type=int, default=None, help="video height in pixels (multiple of 16)")
@@ -259,12 +265,33 @@ def _contexts(args: argparse.Namespace, timeline: Timeline, cfg: Any) -> list[to
     return out
 
 
+def _kv_dtype(args: argparse.Namespace) -> str | None:
+    """--kv-dtype checked before the model loads (None: not given)."""
+    if args.kv_dtype is None:
+        return None
+    try:
+        return check_kv_dtype(args.kv_dtype, "--kv-dtype")
+    except EchoError as e:
+        raise CliError("--kv-dtype", e.detail) from None
+
+
+def _with_kv_dtype(policy: PolicyLike, kv_dtype: str | None, frames_per_chunk: int) -> PolicyLike:
+    """The policy storing K/V as --kv-dtype says (a name becomes its config; an EchoConfig keeps its own
+    kv_dtype unless the flag is given)."""
+    if kv_dtype is None:
+        return policy
+    if isinstance(policy, EchoConfig):
+        return dataclasses.replace(policy, kv_dtype=kv_dtype)
+    if policy == "echo":
+        return dataclasses.replace(echo_config_for(frames_per_chunk), kv_dtype=kv_dtype)
+    return BaselineConfig(str(policy), kv_dtype)
+
+
 def _policy(args: argparse.Namespace) -> PolicyLike:
     if args.memory_config is None:
         return args.memory
     if args.memory != "echo":
         raise CliError("--memory-config", f"an EchoConfig applies to --memory echo, not {args.memory}")
-    from echo_core.config import EchoConfig
 
     text = _read_text("--memory-config", args.memory_config, MAX_CONFIG_BYTES)
     try:
@@ -293,7 +320,7 @@ def _flag(field: str, args: argparse.Namespace) -> str:
              "frames_per_chunk": "--frames-per-chunk", "memory": "--memory", "routing": "--memory-config",
              "model": "--checkpoint" if args.checkpoint else "--preset", "timeline": text_flag,
              "total_latent_frames": "--total-latent-frames", MAX_CHUNKS_ENV: MAX_CHUNKS_ENV,
-             "start_latent": "--checkpoint"}
+             "start_latent": "--checkpoint", "kv_dtype": "--kv-dtype"}
     if field == "timeline" and args.text_embeds is not None:
         return text_flag
     return table.get(field, "--memory-config" if "." in field else (field or "generate"))
@@ -304,8 +331,10 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_chunks is None:
         max_chunks()  # a bad $ECHO_FORCING_MAX_CHUNKS is reported before the model loads
     policy = _policy(args)
+    kv_dtype = _kv_dtype(args)
     model, cfg, file_fpc = _load_model(args)
     fpc = args.frames_per_chunk if args.frames_per_chunk is not None else (file_fpc or 3)
+    policy = _with_kv_dtype(policy, kv_dtype, fpc)
     timeline = _timeline(args, fpc)
     try:
         check_chunks(timeline.total_chunks, fpc, args.max_chunks, fps=timeline.fps)
@@ -348,7 +377,8 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     video = torch.cat(latents, dim=2)
     report = run.report()
     summary = {"out": str(args.out), "latent_shape": list(video.shape), "chunks": len(latents),
-               "timeline": timeline.to_dict(), "memory": report["policy"], "seed": args.seed,
+               "timeline": timeline.to_dict(), "memory": report["policy"], "kv_dtype": run.kv_dtype,
+               "seed": args.seed,
                "scenes": report["scenes"], "budget": report["budget"], "chunk_reports": report["chunk_reports"],
                "saved_scenes": scenes.save(run)}
     report_text = json.dumps(summary, indent=1, default=str) if args.report else None

@@ -27,11 +27,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from echo_core.cache.kv_quant import check_kv_dtype
 from echo_core.errors import ConfigError, quote
 
 __all__ = [
     "ConfigError",
     "DecayConfig",
+    "BaselineConfig",
     "EchoConfig",
     "HierarchicalMemoryConfig",
     "RecallFrameConfig",
@@ -362,8 +364,10 @@ class EchoConfig(_Serial):
     hardcut: TransitionConfig = field(default_factory=_hardcut)
     recall: TransitionConfig = field(default_factory=_recall)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    kv_dtype: str = "model"  # K/V storage (echo_core.cache.kv_quant): "model" or "float8_e4m3fn"
 
     def __post_init__(self) -> None:
+        check_kv_dtype(self.kv_dtype, "kv_dtype")
         for name in ("smooth", "hardcut"):
             if getattr(self, name).rope_jump.strategy == "similarity":
                 raise ConfigError(f"{name}.rope_jump.strategy", "'similarity' needs a routing score and is only "
@@ -381,6 +385,9 @@ class EchoConfig(_Serial):
         for key, value in data.items():
             if key not in cls.__dataclass_fields__:
                 raise ConfigError(key, f"unknown key; known keys: {', '.join(cls.__dataclass_fields__)}")
+            if not isinstance(getattr(defaults, key), _Serial):  # a plain setting (kv_dtype): checked by cls()
+                kwargs[key] = value
+                continue
             child = type(getattr(defaults, key))
             base = getattr(defaults, key).to_dict()
             if isinstance(value, Mapping):  # partial mode dicts keep that mode's own defaults
@@ -409,6 +416,19 @@ class EchoConfig(_Serial):
         uses = any(self.mode(m).use_old_memory and self.mode(m).old_memory_source == "select"
                    for m in ("smooth", "hardcut", "recall"))
         return uses or any(self.mode(m).decay.target == "old_recent" for m in ("smooth", "hardcut", "recall"))
+
+
+@dataclass(frozen=True)
+class BaselineConfig(_Serial):
+    """A baseline cache (echo_core.run.make_policy): "rolling" (Self-Forcing's sink + window), "flush" or "full",
+    and how it stores K/V. The bare policy name means the same with kv_dtype "model"."""
+
+    policy: str = "rolling"
+    kv_dtype: str = "model"
+
+    def __post_init__(self) -> None:
+        _choice("policy", self.policy, ("rolling", "flush", "full"))
+        check_kv_dtype(self.kv_dtype, "kv_dtype")
 
 
 def _with_prefix(prefix: str, build):

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from echo_core.budget import Budget, human, policy_budget
+from echo_core.budget import Budget, PolicySpec, human, policy_budget
 from echo_core.config import EchoConfig
 from echo_core.errors import SpecError
 
@@ -137,6 +137,13 @@ def device_available_bytes(device: torch.device | str) -> int | None:
     return None
 
 
+def check_kv_dtype(kv_dtype: str, device: torch.device | str, field: str = "kv_dtype") -> None:
+    """The cache's K/V storage must be a known setting that this torch and `device` can hold (fp8 needs both)."""
+    from echo_core.cache.kv_quant import storage_dtype
+
+    storage_dtype(kv_dtype, device, field)
+
+
 def kv_dtype_of(model: Any) -> torch.dtype:
     """The dtype a model computes K/V in (its first block's q weight; bf16 for fp8 weights; for packed GGUF blocks
     the adapter's `packed_dtype`; float32 if unknown)."""
@@ -166,7 +173,7 @@ class MemoryNeed:
                 "device_available": self.device_available, "host_available": self.host_available}
 
 
-def memory_need(cfg: Any, policy: str | EchoConfig, *, latent_shape: tuple[int, int, int],
+def memory_need(cfg: Any, policy: PolicySpec, *, latent_shape: tuple[int, int, int],
                 frames_per_chunk: int, total_frames: int, scenes: int, device: torch.device | str,
                 kv_dtype: torch.dtype, guidance: bool = False) -> MemoryNeed:
     c, h, w = latent_shape
@@ -188,6 +195,8 @@ def check_memory(need: MemoryNeed, *, width: int, height: int, field: str = "wid
     if b.policy in ("echo", "full"):
         fix += ", or choose the rolling memory (a 21-frame window)" if b.policy == "full" else \
             ", or choose the rolling memory (window only: " + human(b.window_bytes) + ")"
+    if b.kv_storage == "model" and b.policy in ("rolling", "flush"):
+        fix += ", or store the cache in fp8 (kv_dtype float8_e4m3fn, about half the cache)"
     cap = memory_cap()
     if cap is not None:
         fix += f" (${MAX_MEMORY_ENV} caps a run at {human(cap)})"
@@ -229,6 +238,6 @@ def total_latent_frames(total_chunks: int, frames_per_chunk: int, prefill_frames
     return prefill_frames + total_chunks * frames_per_chunk
 
 
-__all__ = ["DEFAULT_MAX_CHUNKS", "MAX_CHUNKS_ENV", "MAX_MEMORY_ENV", "MemoryNeed", "check_chunks", "check_memory",
-           "check_recalls", "device_available_bytes", "finite", "host_available_bytes", "kv_dtype_of", "max_chunks",
-           "memory_cap", "memory_need", "pixel_size", "total_latent_frames"]
+__all__ = ["DEFAULT_MAX_CHUNKS", "MAX_CHUNKS_ENV", "MAX_MEMORY_ENV", "MemoryNeed", "check_chunks", "check_kv_dtype",
+           "check_memory", "check_recalls", "device_available_bytes", "finite", "host_available_bytes", "kv_dtype_of",
+           "max_chunks", "memory_cap", "memory_need", "pixel_size", "total_latent_frames"]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from echo_core.cache.base import CachePolicy
-from echo_core.config import EchoConfig, HierarchicalMemoryConfig, RoutingConfig
+from echo_core.config import BaselineConfig, EchoConfig, HierarchicalMemoryConfig, RoutingConfig
 from echo_core.errors import SpecError, quote
 from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.routing import RecallRouter
@@ -65,7 +65,7 @@ class PolicyContext:
 
 
 PolicyFactory = Callable[[PolicyContext], CachePolicy]
-PolicyLike = Union[str, EchoConfig, CachePolicy, PolicyFactory]
+PolicyLike = Union[str, EchoConfig, BaselineConfig, CachePolicy, PolicyFactory]
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,24 +167,19 @@ def make_policy(policy: PolicyLike, ctx: PolicyContext) -> CachePolicy:
     if isinstance(policy, str):
         if policy == "echo":
             policy = echo_config_for(ctx.frames_per_chunk)
-        elif policy in ("rolling", "flush"):
-            from echo_core.cache.flush import FlushCache
-            from echo_core.cache.rolling import RollingCache
-
-            kind = RollingCache if policy == "rolling" else FlushCache
-            return kind(ctx.num_layers, window_frames=ROLLING_WINDOW_FRAMES, sink_frames=ROLLING_SINK_FRAMES)
-        elif policy == "full":
-            from echo_core.cache.rolling import full_cache
-
-            return full_cache(ctx.num_layers)
+        elif policy in POLICY_NAMES:
+            policy = BaselineConfig(policy)
         else:
             raise SpecError("memory", f"unknown memory policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+    if isinstance(policy, BaselineConfig):
+        return _baseline(policy, ctx.num_layers)
     if isinstance(policy, EchoConfig):
         from echo_core.cache.echo.policy import EchoCache
 
         if policy.memory.frames_per_chunk != ctx.frames_per_chunk:
             raise SpecError("memory.frames_per_chunk", f"the memory layout is for {policy.memory.frames_per_chunk} "
                                                        f"frames per chunk, the model makes {ctx.frames_per_chunk}")
+        check_echo_kv_dtype(policy.kv_dtype)
         return EchoCache(ctx.num_layers, policy, router=ctx.router(policy.routing))
     if callable(policy):
         made = policy(ctx)
@@ -192,6 +187,34 @@ def make_policy(policy: PolicyLike, ctx: PolicyContext) -> CachePolicy:
             raise TypeError(f"a policy factory must return a CachePolicy, got {type(made).__name__}")
         return made
     raise TypeError(f"policy must be a name, an EchoConfig, a CachePolicy or a factory, got {type(policy).__name__}")
+
+
+def check_echo_kv_dtype(kv_dtype: str) -> None:
+    """The echo cache declares the storage it implements (`EchoCache.kv_dtypes`; "model" when it declares none)."""
+    from echo_core.cache.echo.policy import EchoCache
+
+    supported = tuple(getattr(EchoCache, "kv_dtypes", ("model",)))
+    if kv_dtype not in supported:
+        raise SpecError("kv_dtype", f"the echo cache stores K/V only as {', '.join(supported)} in this version, not "
+                                    f"{kv_dtype!r}; set kv_dtype to 'model' or use the rolling policy")
+
+
+def _baseline(config: BaselineConfig, num_layers: int) -> CachePolicy:
+    from echo_core.cache.flush import FlushCache
+    from echo_core.cache.rolling import RollingCache, full_cache
+
+    if config.policy == "full":
+        return full_cache(num_layers, kv_dtype=config.kv_dtype)
+    kind = RollingCache if config.policy == "rolling" else FlushCache
+    return kind(num_layers, window_frames=ROLLING_WINDOW_FRAMES, sink_frames=ROLLING_SINK_FRAMES,
+                kv_dtype=config.kv_dtype)
+
+
+def kv_dtype_of_policy(policy: PolicyLike, cache: CachePolicy | None = None) -> str:
+    """The run's K/V storage setting ("model" unless a config or the cache says otherwise)."""
+    if isinstance(policy, (EchoConfig, BaselineConfig)):
+        return policy.kv_dtype
+    return str(getattr(cache, "kv_dtype", None) or getattr(getattr(cache, "config", None), "kv_dtype", "model"))
 
 
 def policy_name(cache: CachePolicy) -> str:
@@ -239,6 +262,7 @@ class Run:
 
             preload_saved_scenes(self.cache, saved, inputs.timeline)
         self.policy = policy if isinstance(policy, str) else policy_name(self.cache)  # "echo" for an EchoConfig
+        self.kv_dtype = kv_dtype_of_policy(policy, self.cache)
         self.reports: list[dict[str, Any]] = []
         self.need: Any = None  # preflight.MemoryNeed, set by start_run
         self._finished_pool: list[Any] | None = None
@@ -321,6 +345,7 @@ def preflight(model: Any, policy: PolicyLike, cache: CachePolicy, inputs: RunInp
 
     tl = inputs.timeline
     pf.check_chunks(tl.total_chunks, tl.frames_per_chunk, inputs.max_chunks, fps=tl.fps)
+    pf.check_kv_dtype(kv_dtype_of_policy(policy, cache), inputs.device)
     spec = _budget_policy(policy, cache)
     if isinstance(spec, EchoConfig):
         pf.check_recalls(tl, spec)
@@ -337,16 +362,16 @@ def preflight(model: Any, policy: PolicyLike, cache: CachePolicy, inputs: RunInp
     return need
 
 
-def _budget_policy(policy: PolicyLike, cache: CachePolicy) -> str | EchoConfig | None:
+def _budget_policy(policy: PolicyLike, cache: CachePolicy) -> str | EchoConfig | BaselineConfig | None:
     """What the budget formula takes for this run's policy (None for a caller's own policy class)."""
-    if isinstance(policy, (str, EchoConfig)):
+    if isinstance(policy, (str, EchoConfig, BaselineConfig)):
         return policy
     config = getattr(cache, "config", None)
     if isinstance(config, EchoConfig):
         return config
     name = policy_name(cache)
     if name in ("rolling", "flush") and getattr(cache, "window_frames", None) == ROLLING_WINDOW_FRAMES:
-        return name
+        return BaselineConfig(name, kv_dtype_of_policy(policy, cache))
     return None
 
 

@@ -12,7 +12,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from echo_core.cache.kv_quant import check_kv_dtype
 from echo_core.config import (
+    BaselineConfig,
     DecayConfig,
     EchoConfig,
     HierarchicalMemoryConfig,
@@ -24,7 +26,7 @@ from echo_core.errors import EchoError, SpecError, quote
 from echo_core.model.adapter import ModuleModel, wan_config_of
 from echo_core.model.config import WanConfig
 from echo_core.routing import filter_common_tokens
-from echo_core.run import RunInputs
+from echo_core.run import RunInputs, check_echo_kv_dtype
 from echo_core.sampler import SamplerConfig
 from echo_core.timeline import OFFICIAL_TOTAL_LATENT_FRAMES, Timeline, TimelineError, TimelineScript, parse_script
 
@@ -143,17 +145,25 @@ class MemorySpec:
     hardcut_rope_jump: int = 45
     recall_rope_jump_max: int = 6
     decay: tuple[tuple[str, DecayConfig], ...] = ()  # per transition mode, overriding the official defaults
+    kv_dtype: str = "model"  # K/V storage (echo_core.cache.kv_quant): "model" or "float8_e4m3fn"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise SpecError("policy", f"{self.policy!r} is not one of {', '.join(POLICIES)}")
+        check_kv_dtype(self.kv_dtype, "kv_dtype")
+        if self.policy == "echo":
+            check_echo_kv_dtype(self.kv_dtype)
         for mode, _ in self.decay:
             if mode not in TRANSITION_MODES:
                 raise SpecError("transition", f"{mode!r} is not one of {', '.join(TRANSITION_MODES)}")
 
-    def policy_for(self, frames_per_chunk: int, routing: RoutingConfig = RoutingConfig()) -> str | EchoConfig:
-        """What `echo_core.run.start_run` takes: the EchoConfig of these settings, or a baseline's name."""
-        return self.echo_config(frames_per_chunk, routing) if self.policy == "echo" else self.policy
+    def policy_for(self, frames_per_chunk: int, routing: RoutingConfig = RoutingConfig()
+                   ) -> str | EchoConfig | BaselineConfig:
+        """What `echo_core.run.start_run` takes: the EchoConfig of these settings, or a baseline's name (its
+        BaselineConfig when K/V are not stored in the model dtype)."""
+        if self.policy == "echo":
+            return self.echo_config(frames_per_chunk, routing)
+        return self.policy if self.kv_dtype == "model" else BaselineConfig(self.policy, self.kv_dtype)
 
     def window_frames(self, frames_per_chunk: int) -> int:
         return self.anchor_frames + self.compressed_frames + self.recent_frames + frames_per_chunk
@@ -173,7 +183,8 @@ class MemorySpec:
                                                                      max_value=self.recall_rope_jump_max))
         for mode, decay in self.decay:
             modes[mode] = replace(modes[mode], decay=decay)
-        return EchoConfig(memory=memory, recall_frames=recall_frames, routing=routing, **modes)
+        return EchoConfig(memory=memory, recall_frames=recall_frames, routing=routing, kv_dtype=self.kv_dtype,
+                          **modes)
 
     def budget(self, cfg: WanConfig, height: int, width: int, frames_per_chunk: int = 3,
                bytes_per_value: int = 2, kv_dtype: torch.dtype | None = None) -> dict[str, Any]:
@@ -184,20 +195,26 @@ class MemorySpec:
         dtype = kv_dtype or {4: torch.float32, 2: torch.bfloat16}.get(bytes_per_value, torch.bfloat16)
         tokens_per_frame = cfg.tokens_per_frame(height // 8, width // 8)
         per_frame = 2 * cfg.num_layers * tokens_per_frame * cfg.dim * torch.empty((), dtype=dtype).element_size()
+        if self.kv_dtype != "model":  # what the cache holds per frame: fp8 values and their scales
+            from echo_core.budget import stored_frame_bytes
+
+            per_frame = 2 * cfg.num_layers * stored_frame_bytes(self.kv_dtype, 1, cfg.num_heads, tokens_per_frame,
+                                                                cfg.head_dim, 1)
         out: dict[str, Any] = {"policy": self.policy, "tokens_per_frame": tokens_per_frame,
-                               "mb_per_frame": round(per_frame / 2**20, 2)}
+                               "mb_per_frame": round(per_frame / 2**20, 2), "kv_storage": self.kv_dtype}
         if self.policy == "full":  # grows with the video: per frame only
             out["gpu_mb_per_latent_frame"] = out["mb_per_frame"]
             return out
         from echo_core.budget import policy_budget
 
-        policy = self.echo_config(frames_per_chunk) if self.policy == "echo" else self.policy
+        policy = self.echo_config(frames_per_chunk) if self.policy == "echo" else \
+            BaselineConfig(self.policy, self.kv_dtype)
         b = policy_budget(cfg, height, width, frames_per_chunk, policy, kv_dtype=dtype)
         mb = 2.0**20
         out.update(window_frames=b.window_frames, cache_tokens=b.window_frames * tokens_per_frame,  # type: ignore
                    cache_mb=round(b.window_bytes / mb, 1), gpu_mb=round(b.gpu_bytes / mb, 1),
                    gpu_components_mb={k: round(v / mb, 2) for k, v in b.gpu.items()},
-                   kv_dtype=b.kv_dtype, gpu_bytes=b.gpu_bytes)
+                   kv_dtype=b.kv_dtype, kv_storage=b.kv_storage, gpu_bytes=b.gpu_bytes)
         if self.policy == "echo":  # finished scenes, on the host (CPU RAM), at most pool_max_size of them
             out["pool_mb_per_scene"] = round(b.pool_bytes_per_scene / mb, 2)
             out["pool_max_scenes"] = self.pool_max_size

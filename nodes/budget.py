@@ -6,7 +6,8 @@ and the HTTP route the front end calls while settings change (web/js/echo_panels
 number drawn live and the one the node outputs after a run cannot disagree.
 
     POST /echo_forcing/budget          {"policy": "echo", "anchor_frames": 12, ..., "budget_width": 0,
-                                        "budget_height": 0, "model_name": "...", "frames_per_chunk": "auto"}
+                                        "budget_height": 0, "model_name": "...", "frames_per_chunk": "auto",
+                                        "kv_dtype": "model" (optional: older front ends omit it)}
         -> {"budget": {...core formula...}, "text": "...", "model": "...", "width": 832, "height": 480}
     GET  /echo_forcing/decay_defaults  -> {"smooth": {"strategy": "diff", ...}, "hardcut": {...}, "recall": {...}}
 
@@ -59,7 +60,8 @@ def memory_spec(values: Mapping[str, Any], decay: tuple = ()) -> MemorySpec:
     missing = [k for k in MEMORY_INPUTS if k not in values]
     if missing:
         raise BudgetRequestError(missing[0], f"missing; the request needs {', '.join(MEMORY_INPUTS)}")
-    spec = MemorySpec(**{field: values[name] for name, field in MEMORY_INPUTS.items()}, decay=decay)
+    spec = MemorySpec(**{field: values[name] for name, field in MEMORY_INPUTS.items()}, decay=decay,
+                      kv_dtype=values.get("kv_dtype", "model"))  # optional: workflows older than the input
     return spec
 
 
@@ -76,7 +78,8 @@ def budget_text(b: Mapping[str, Any], model: str, width: int, height: int) -> st
 
     if "gpu_mb" in b:
         return budget_line(dict(b), width, height) + f" [{model}]"
-    head = f"{model} at {width}x{height}, bf16"
+    head = f"{model} at {width}x{height}, bf16" + (f" (cache in {b['kv_storage']})"
+                                                   if b.get("kv_storage", "model") != "model" else "")
     if "cache_tokens" not in b:
         return (f"{head}: keeps every frame, {b['tokens_per_frame']} tokens and {b['mb_per_frame']} MB per latent "
                 f"frame; grows with the video")

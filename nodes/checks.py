@@ -64,7 +64,9 @@ def budget_line(budget: dict[str, Any], width: int, height: int) -> str:
     if "gpu_mb" not in budget:
         return (f"all frames x {budget['tokens_per_frame']} tokens: {budget['mb_per_frame']} MB of K/V per latent "
                 f"frame at {width}x{height}, growing with the video")
-    line = (f"GPU {budget['gpu_mb']} MB at {width}x{height} ({budget['kv_dtype']}): window {budget['window_frames']} "
+    dtype = budget["kv_dtype"] if budget.get("kv_storage", "model") == "model" else \
+        f"{budget['kv_dtype']}, K/V stored as {budget['kv_storage']}"
+    line = (f"GPU {budget['gpu_mb']} MB at {width}x{height} ({dtype}): window {budget['window_frames']} "
             f"frames x {budget['tokens_per_frame']} tokens = {budget['cache_mb']} MB")
     parts = {k: v for k, v in budget.get("gpu_components_mb", {}).items() if k != "window" and v >= 0.1}
     if parts:
@@ -86,7 +88,8 @@ def model_kv_dtype(model: Any) -> Any:
 
 # Core field -> the sampler input through which the user sets it.
 _SAMPLER_FIELDS = {"memory.frames_per_chunk": "frames_per_chunk", "routing": "timeline", "scene": "timeline",
-                   "fps": "timeline", "clip": "timeline", "start_latents": "start_latent"}
+                   "fps": "timeline", "clip": "timeline", "start_latents": "start_latent",
+                   "kv_dtype": "memory"}  # set on Scene Memory Cache
 
 
 def node_error(e: EchoError) -> NodeInputError:
@@ -119,8 +122,12 @@ def memory_error(e: EchoError, window: int) -> NodeInputError:
     return NodeInputError(field, e.detail)
 
 
-def memory_choices(policy: Any, compression_mode: Any, rope_position_mode: Any) -> None:
+def memory_choices(policy: Any, compression_mode: Any, rope_position_mode: Any,
+                   kv_dtype: Any = "model") -> None:
+    from echo_core.cache.kv_quant import KV_DTYPES
+
     choice("policy", policy, ("echo", "rolling", "full"))
+    choice("kv_dtype", kv_dtype, KV_DTYPES)
     choice("compression_mode", compression_mode, ("score_weighted", "token_select"))
     choice("rope_position_mode", rope_position_mode, ("local", "tail"))
 

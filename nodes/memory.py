@@ -11,6 +11,7 @@ import json
 
 from comfy_api.latest import io
 
+from echo_core.cache.kv_quant import KV_DTYPES
 from echo_core.config import DecayConfig
 from echo_core.errors import EchoError
 from echo_core.session import with_decay
@@ -67,6 +68,10 @@ class SceneMemoryCache(io.ComfyNode):
                 io.Int.Input("budget_height", default=0, min=0, max=4096, step=16, optional=True,
                              tooltip="Height the budget is computed for. 0 = auto: the budget model's native size "
                                      "(Wan2.1: 480)."),
+                io.Combo.Input("kv_dtype", options=list(KV_DTYPES), default="model", optional=True,
+                               tooltip="How the cache stores keys and values. model: the model's dtype. "
+                                       "float8_e4m3fn: fp8 with a scale per token per head, about half the cache "
+                                       "(attention still runs in the model's dtype)."),
             ],
             outputs=[types.Memory.Output(display_name="memory",
                                          tooltip="Memory settings for the Echo-Forcing Sampler's memory input."),
@@ -77,20 +82,21 @@ class SceneMemoryCache(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, policy: str = "echo", compression_mode: str = "score_weighted",
-                        rope_position_mode: str = "local") -> bool | str:
-        return checks.validation_message(checks.memory_choices, policy, compression_mode, rope_position_mode)
+                        rope_position_mode: str = "local", kv_dtype: str = "model") -> bool | str:
+        return checks.validation_message(checks.memory_choices, policy, compression_mode, rope_position_mode,
+                                         kv_dtype)
 
     @classmethod
     def execute(cls, policy: str, anchor_frames: int, compressed_frames: int, recent_frames: int,
                 recall_pool_size: int, compression_mode: str, rope_position_mode: str, keep_origin_positions: bool,
                 hardcut_rope_jump: int, recall_rope_jump_max: int, decay=None, budget_model: ARModel | None = None,
-                budget_width: int = 0, budget_height: int = 0) -> io.NodeOutput:
-        checks.memory_choices(policy, compression_mode, rope_position_mode)
+                budget_width: int = 0, budget_height: int = 0, kv_dtype: str = "model") -> io.NodeOutput:
+        checks.memory_choices(policy, compression_mode, rope_position_mode, kv_dtype)
         values = dict(policy=policy, anchor_frames=anchor_frames, compressed_frames=compressed_frames,
                       recent_frames=recent_frames, recall_pool_size=recall_pool_size,
                       compression_mode=compression_mode, rope_position_mode=rope_position_mode,
                       keep_origin_positions=keep_origin_positions, hardcut_rope_jump=hardcut_rope_jump,
-                      recall_rope_jump_max=recall_rope_jump_max)
+                      recall_rope_jump_max=recall_rope_jump_max, kv_dtype=kv_dtype)
         fpc = budget_model.frames_per_chunk if budget_model is not None else 3
         try:
             spec = memory_spec(values, decay.entries if decay is not None else ())

@@ -15,6 +15,7 @@ Positions (`positions`):
 
 Storage is a fixed set of frame-sized slots per layer. A flush moves the few kept frames to the first slots
 (one small copy per layer, only at a switch); otherwise the oldest non-sink slot is reused for each new frame.
+`kv_dtype` "float8_e4m3fn" stores the slots in fp8 as RollingCache does (echo_core.cache.kv_quant).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from echo_core.cache.base import AttentionInputs, CachePolicy, ChunkInfo, KVSpan
+from echo_core.cache.kv_quant import MODEL, KVBuffer, blocks, check_kv_dtype
 from echo_core.model.rope import grid_positions
 
 POSITION_MODES = ("relative", "absolute")
@@ -32,8 +34,10 @@ TRANSITION_MODES = ("smooth", "hardcut", "recall")
 
 class FlushCache(CachePolicy):
     def __init__(self, num_layers: int, window_frames: int = 21, sink_frames: int = 3, keep_last_frames: int = 2,
-                 positions: str = "relative", flush_modes: tuple[str, ...] = TRANSITION_MODES):
+                 positions: str = "relative", flush_modes: tuple[str, ...] = TRANSITION_MODES,
+                 kv_dtype: str = MODEL):
         super().__init__(num_layers)
+        self.kv_dtype = check_kv_dtype(kv_dtype)
         for name, value, low in (("window_frames", window_frames, 1), ("sink_frames", sink_frames, 0),
                                  ("keep_last_frames", keep_last_frames, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -57,8 +61,8 @@ class FlushCache(CachePolicy):
         self._scene: int | None = None
         self._chunk_slots: list[int] = []
         self._flushed: list[int] = []  # frames dropped by this chunk's flush (report)
-        self._k: list[torch.Tensor | None] = [None] * num_layers
-        self._v: list[torch.Tensor | None] = [None] * num_layers
+        self._k: list[KVBuffer | None] = [None] * num_layers
+        self._v: list[KVBuffer | None] = [None] * num_layers
         self._pos: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- planning -------------------------------------------------------------------------------------------
@@ -103,8 +107,8 @@ class FlushCache(CachePolicy):
             if k is None or v is None or not index:
                 continue
             tokens = torch.cat([torch.arange(i * s, (i + 1) * s, device=k.device) for i in index])
-            k[:, :, :tokens.numel()] = k.index_select(2, tokens)  # index_select copies: no overlap hazard
-            v[:, :, :tokens.numel()] = v.index_select(2, tokens)
+            k.put(0, k.take(tokens))  # take copies (index_select): no overlap hazard
+            v.put(0, v.take(tokens))
         self.slot_frames = keep
 
     # -- attention ------------------------------------------------------------------------------------------
@@ -115,15 +119,15 @@ class FlushCache(CachePolicy):
             raise ValueError(f"layer {layer}: k/v must be [B, H, {chunk.num_frames * s}, D], got k "
                              f"{tuple(k.shape)}, v {tuple(v.shape)}")
         kbuf, vbuf = self._buffers(layer, k)
-        for j, slot in enumerate(self._chunk_slots):
-            kbuf[:, :, slot * s:(slot + 1) * s] = k[:, :, j * s:(j + 1) * s]
-            vbuf[:, :, slot * s:(slot + 1) * s] = v[:, :, j * s:(j + 1) * s]
+        starts = [slot * s for slot in self._chunk_slots]
+        kbuf.write_blocks(starts, s, k)
+        vbuf.write_blocks(starts, s, v)
         n = len(self.slot_frames) * s
         if self._pos is None or self._pos[0].device != k.device:
             self._pos = self._positions(chunk, k.device)
-        span = KVSpan(kbuf[:, :, :n], vbuf[:, :, :n], self._pos[0])
-        return self.reusable(layer, self._pos[1], span, tuple((slot * s, (slot + 1) * s)
-                                                              for slot in self._chunk_slots))
+        span = KVSpan(kbuf.read(n, exact=blocks(starts, s, k)), vbuf.read(n, exact=blocks(starts, s, v)),
+                      self._pos[0])
+        return self.reusable(layer, self._pos[1], span, tuple((a, a + s) for a in starts))
 
     def slot_times(self) -> list[int]:
         """RoPE time of every slot: its frame's rank in time order (relative) or its absolute frame index."""
@@ -138,13 +142,13 @@ class FlushCache(CachePolicy):
         query_times = [times[s] for s in self._chunk_slots]
         return grid_positions(times, rows, cols, device=device), grid_positions(query_times, rows, cols, device=device)
 
-    def _buffers(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _buffers(self, layer: int, like: torch.Tensor) -> tuple[KVBuffer, KVBuffer]:
         kbuf = self._k[layer]
         if kbuf is None or kbuf.dtype != like.dtype or kbuf.device != like.device:
             b, h, _, d = like.shape
-            capacity = self.window_frames * self._require_chunk().tokens_per_frame
-            self._k[layer] = like.new_zeros((b, h, capacity, d))
-            self._v[layer] = like.new_zeros((b, h, capacity, d))
+            shape = (b, h, self.window_frames * self._require_chunk().tokens_per_frame, d)
+            self._k[layer] = KVBuffer(shape, like.dtype, like.device, self.kv_dtype)
+            self._v[layer] = KVBuffer(shape, like.dtype, like.device, self.kv_dtype)
         return self._k[layer], self._v[layer]  # type: ignore[return-value]
 
     # -- accounting -----------------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ class FlushCache(CachePolicy):
         return len(self.slot_frames) * self.chunk.tokens_per_frame
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._k + self._v if t is not None)
+        return sum(t.nbytes() for t in self._k + self._v if t is not None)
 
     def end_chunk(self) -> dict[str, Any]:
         report = super().end_chunk()

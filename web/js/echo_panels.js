@@ -19,7 +19,7 @@ const LOADER = "EchoLoadARVideoModel";
 const AUTO_WIDGETS = { [SAMPLER]: ["width", "height", "steps"], [MEMORY]: ["budget_width", "budget_height"] };
 const MEMORY_FIELDS = ["policy", "anchor_frames", "compressed_frames", "recent_frames", "recall_pool_size",
   "compression_mode", "rope_position_mode", "keep_origin_positions", "hardcut_rope_jump", "recall_rope_jump_max",
-  "budget_width", "budget_height"];
+  "budget_width", "budget_height", "kv_dtype"];
 const DEBOUNCE_MS = 250;
 const TRANSITION_TEXT = { smooth: "smooth", hardcut: "hard cut", recall: "recall" };
 
@@ -246,7 +246,13 @@ app.registerExtension({
     }
     if (type === MEMORY) {
       // Loading a workflow sets widget values without their callbacks; links change the budget model.
-      chainCallback(nodeType.prototype, "onConfigure", function () { scheduleBudget(this); });
+      chainCallback(nodeType.prototype, "onConfigure", function () {
+        // A workflow saved before kv_dtype existed has one widget value fewer: the panel's empty value lands on
+        // kv_dtype. Back to the default, as ComfyUI does for an API prompt without the input.
+        const kv = widget(this, "kv_dtype");
+        if (kv && !(kv.options?.values ?? []).includes(kv.value)) kv.value = "model";
+        scheduleBudget(this);
+      });
       chainCallback(nodeType.prototype, "onConnectionsChange", function () { scheduleBudget(this); });
     }
   },
