@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .grammar import COLOURS, SHAPES, SceneSpec
+from .grammar import COLOURS, SceneSpec, shape_family
 from .world import (
     DARK_SHADE,
     LANDMARK_RGB,
@@ -28,6 +28,7 @@ from .world import (
     landmark_mask,
     pattern_marks,
     render_clip,
+    shape_half_extent,
     shape_sdf,
 )
 
@@ -112,8 +113,9 @@ def _shape_template(
     xs = torch.arange(width, dtype=torch.float32).view(1, -1).expand(height, width)
     dy = torch.remainder(ys + height / 2, height) - height / 2  # wrapped offsets from pixel (0, 0)
     dx = torch.remainder(xs + width / 2, width) - width / 2
-    half = math.ceil(geo.radius + 1.5)
-    window = ((dx.abs() <= half) & (dy.abs() <= half)).float()
+    fx, fy = shape_half_extent(shape)
+    half_x, half_y = math.ceil(fx * geo.radius + 1.5), math.ceil(fy * geo.radius + 1.5)
+    window = ((dx.abs() <= half_x) & (dy.abs() <= half_y)).float()
     cover = _blur_map(coverage(shape_sdf(shape, dx, dy, geo.radius)), sigma) * window
     tmpl = (cover - cover.sum() / window.sum()) * window
     return torch.fft.rfft2(tmpl), torch.fft.rfft2(window), float((tmpl**2).sum()), float(window.sum())
@@ -326,7 +328,7 @@ def object_presence(frames: torch.Tensor, spec: SceneSpec) -> torch.Tensor:
             return resp, resp - _AREA_WEIGHT * (observed - expected).abs() / unit
 
         own, own_fit = fit(obj.shape)
-        rivals = torch.stack([fit(s)[1] for s in SHAPES if s != obj.shape], 1).amax(1)
+        rivals = torch.stack([fit(s)[1] for s in shape_family(obj.shape) if s != obj.shape], 1).amax(1)
         columns.append((own >= _PRESENT_MIN) & (own_fit >= rivals))
     return torch.stack(columns, 1)
 
