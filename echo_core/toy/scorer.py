@@ -46,6 +46,7 @@ _AREA_SEEN = 0.8  # share of an object's true area its colour posterior recovers
 _TEMPERATURE = 0.05  # of scene scores -> confidences
 _PRESENT_MIN = 0.35  # matched-filter response above which an object counts as present
 _CHUNK = 96  # frames per block, to bound memory
+_OPENING = 3  # pixels: colour patches thinner than this do not count towards a colour's area
 
 
 # --------------------------------------------------------------------------------------- pixel analysis
@@ -130,7 +131,13 @@ def _shape_area(shape: str, height: int, width: int) -> float:
 
 def _colour_areas(post: torch.Tensor) -> torch.Tensor:
     """[T, N]: pixels on which each bright colour is the majority (posterior > 0.5), the colour-area evidence."""
-    return (post[:, :_N] > 0.5).float().sum((2, 3))
+    mask = (post[:, :_N] > 0.5).float()
+    if _OPENING > 1:  # a morphological opening drops thin bands: the mixed colours along edges (red next to
+        # yellow reads as orange) and between pattern shades, which are no object of that colour
+        k, pad = _OPENING, _OPENING // 2
+        eroded = -F.max_pool2d(F.pad(-mask, (pad, pad, pad, pad), mode="circular"), k, 1)
+        mask = F.max_pool2d(F.pad(eroded, (pad, pad, pad, pad), mode="circular"), k, 1)
+    return mask.sum((2, 3))
 
 
 def _correlate(m_fft: torch.Tensor, kernel_fft: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -125,7 +125,13 @@ def object_details(spec: SceneSpec, seed: int) -> tuple[ObjectDetails, ...]:
         (x0, y0), (x1, y1) = (_trajectory(o, d, geo, t) for o, d in zip(spec.objects, draw))
         dx = _wrap_delta(x0 - x1, geo.width)
         dy = _wrap_delta(y0 - y1, geo.height)
-        overlap = float((dx.hypot(dy) < 2.2 * geo.radius).float().mean())
+        if all(o.shape in SHAPES_V2 for o in spec.objects):  # boxes of different aspects: test the boxes
+            (ax, ay), (bx, by) = (shape_half_extent(o.shape) for o in spec.objects)
+            near_x = dx.abs() < (ax + bx + 0.2) * geo.radius
+            near_y = dy.abs() < (ay + by + 0.2) * geo.radius
+            overlap = float((near_x & near_y).float().mean())
+        else:
+            overlap = float((dx.hypot(dy) < 2.2 * geo.radius).float().mean())
         if overlap < best_overlap:
             best, best_overlap = tuple(draw), overlap
         if overlap == 0.0:
