@@ -95,7 +95,7 @@ def test_held_out_timelines():
 
 def _quick(out: Path) -> dict:
     proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--threads", "1", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "memory_quality.json").read_text())
 
@@ -128,6 +128,18 @@ def test_quick_run_end_to_end(tmp_path):
                    "frames vs echo", "ms/chunk", "cache KB"):
         assert header in md
     assert "Verdict" in md and "chance" in md.lower()
+    # every mechanism has a metric family, every comparison a paired interval, and the model is named
+    for name, r in table.items():
+        for key in ("linger", "late_detail", "late_objects"):
+            assert 0.0 <= r[key] <= 1.0, (name, key, r[key])
+    assert set(result["paired"]) == {"echo - rolling", "echo - flush", "echo-no-hier - echo",
+                                     "echo-no-recall - echo", "echo-no-decay - echo"}
+    for rows in result["paired"].values():
+        for metric, p in rows.items():
+            assert p["n"] == 1 and p["lo"] <= p["mean"] <= p["hi"], metric
+            assert p["claim"] == "no difference shown"  # one timeline supports no claim
+    assert result["model"]["world"] == "v1" and result["model"]["data_mode"] == "layouts"
+    assert "bootstrap 95% interval" in md and "linger" in md and "trained on Echo-Forcing's cache layouts" in md
     from PIL import Image
 
     with Image.open(tmp_path / "a" / "memory_quality.png") as img:

@@ -328,7 +328,10 @@ def test_shipped_weights_come_from_the_default_training_command(bundle):
 
     with safe_open(str(WEIGHTS / "toy_dit.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert json.loads(meta["toy.train_config"]) == dataclasses.asdict(TrainConfig())
+    # weights from before world v2 record no world / data mode: the loader reads them as v1 / layouts
+    recorded = {"world": "v1", "data_mode": "layouts", **json.loads(meta["toy.train_config"])}
+    assert recorded == dataclasses.asdict(TrainConfig())
+    assert (bundle.world, bundle.data_mode) == (recorded["world"], recorded["data_mode"])
     assert int(meta["toy.train_steps"]) == TrainConfig().steps
     assert bundle.sampler_config == sampler_for(TrainConfig())
 
@@ -380,3 +383,18 @@ def test_trained_model_draws_the_prompted_background_and_object_colours(bundle):
         area = object_colour_area(frames, spec)
         drawn = ((area >= 0.3) & (area <= 3)).float().mean(0)  # per object: share of frames at 0.3-3x its size
         assert bool((drawn >= 0.7).all()), f"objects of {prompt!r} drawn on {drawn.tolist()} of frames (need 0.7)"
+
+
+def test_evaluate_json_prints_one_object_naming_the_world(capsys):
+    import json
+
+    from echo_core.toy.evaluate import main as evaluate_main
+
+    evaluate_main(["--json", "--prompts", "1", "--long-runs", "0", "--seconds", "1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # progress goes to stderr
+    summary = json.loads(out[0])
+    assert 0.0 <= summary["scene_accuracy"] <= 1.0 and summary["scene_accuracy"] == summary["single_scene_accuracy"]
+    assert summary["world"] == "v1" and summary["data_mode"] == "layouts"  # the shipped weights predate world v2
+    with pytest.raises(SystemExit):
+        evaluate_main(["--json", "--prompts", "0"])

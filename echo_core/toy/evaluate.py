@@ -170,11 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default="echo", choices=["echo", "rolling", "full"])
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each single-scene run")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     bundle = load_toy_model(args.weights)
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
-    res = evaluate(bundle, prompts=args.prompts, long_runs=args.long_runs, policy=args.policy, log=log)
+    if args.prompts < 1 or args.long_runs < 0 or not args.seconds > 0:
+        p.error("--prompts must be >= 1, --long-runs >= 0 and --seconds > 0")
+    res = evaluate(bundle, prompts=args.prompts, long_runs=args.long_runs, policy=args.policy,
+                   seconds=args.seconds, log=log)
     summary = {k: v for k, v in res.items() if k not in ("singles", "long_runs")}
     print(json.dumps(summary))
     if args.out is not None:

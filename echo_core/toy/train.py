@@ -93,8 +93,10 @@ class TrainConfig:
     # Curriculum: the first steps train only scene openings of one still object on a plain background (twice as
     # many), where the shape word is the one thing left to learn; in the full mixture it stays unread (MODEL_CARD).
     shape_warmup: int = 0
-    world: str = "v2"  # grammar.WORLDS: v2's shapes differ at token scale, v1's by a few corner pixels
-    data_mode: str = "self_forcing"  # data.MODE_KINDS: "self_forcing" (no Echo layouts) or "layouts"
+    # The defaults stay the shipped weights' recipe (world v1, Echo's layouts in the data) until weights of world
+    # v2 ship; the training-free model is `--world v2 --data-mode self_forcing` (MODEL_CARD.md).
+    world: str = "v1"  # grammar.WORLDS: v2's shapes differ at token scale, v1's by a few corner pixels
+    data_mode: str = "layouts"  # data.MODE_KINDS: "layouts" (Echo's cache layouts too) or "self_forcing"
 
 
 def save_assets(path: Path, codec: ToyCodec, text: ToyTextEncoder, cfg: TrainConfig) -> None:
@@ -302,10 +304,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="landmarks: flow matching, landmarks read from the seed noise (default); random: flow "
                         "matching, every detail at random; noise: every detail read from the seed noise")
     p.add_argument("--world", choices=tuple(WORLDS), default=TrainConfig.world,
-                   help="toy world the data is drawn from: v2 (token-scale shapes, default) or v1")
+                   help="toy world the data is drawn from: v1 (the shipped weights', default) or v2 "
+                        "(token-scale shapes)")
     p.add_argument("--data-mode", choices=tuple(MODE_KINDS), default=TrainConfig.data_mode,
-                   help="self_forcing: windows as Self-Forcing trains (no Echo cache layouts, no position jumps; "
-                        "default); layouts: also Echo-Forcing's cache layouts (memory frames, RoPE jumps)")
+                   help="layouts: also Echo-Forcing's cache layouts (memory frames, RoPE jumps; the shipped weights', "
+                        "default); self_forcing: windows as Self-Forcing trains (no Echo layouts, no position jumps)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (results depend on it slightly: the shipped weights used 2)")
     p.add_argument("--save-every", type=int, default=100)
