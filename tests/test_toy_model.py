@@ -398,3 +398,26 @@ def test_evaluate_json_prints_one_object_naming_the_world(capsys):
     assert summary["world"] == "v1" and summary["data_mode"] == "layouts"  # the shipped weights predate world v2
     with pytest.raises(SystemExit):
         evaluate_main(["--json", "--prompts", "0"])
+
+
+def test_self_forcing_data_has_no_echo_layouts_and_no_position_jumps():
+    """The training-free model's data: contiguous positions, no memory frames, no revisits, prompt switches kept."""
+    from echo_core.toy.data import MODE_KINDS
+    from echo_core.toy.grammar import SHAPES_V2
+
+    rng = np.random.default_rng(7)
+    seen = set()
+    for _ in range(24):
+        w = sample_window(rng, size=48, world="v2", mode="self_forcing")
+        seen.add(w.kind)
+        assert w.positions == list(range(len(w.positions))), w.kind  # no RoPE jump anywhere
+        assert not any(w.memory) and w.blocks == sorted(w.blocks)
+        assert all(o.shape in SHAPES_V2 for p in w.prompts for o in parse_prompt(p).objects)
+        assert len(w.prompts) <= 2 and (w.kind != "single" or len(w.prompts) == 1)
+    assert seen == set(MODE_KINDS["self_forcing"]) == {"single", "cut", "smooth"}
+    layouts = [sample_window(np.random.default_rng(k), size=48, kind="memory") for k in range(4)]
+    assert all(any(w.memory) for w in layouts)  # the layout-aware mode does show Echo's cache layouts
+    with pytest.raises(ValueError, match="not part of data mode 'self_forcing'"):
+        sample_window(rng, size=48, kind="memory", mode="self_forcing")
+    with pytest.raises(ValueError, match="data mode 'echo' is not known"):
+        sample_window(rng, size=48, mode="echo")
