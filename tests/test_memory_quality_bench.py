@@ -95,7 +95,7 @@ def test_held_out_timelines():
 
 def _quick(out: Path) -> dict:
     proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--threads", "1", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "memory_quality.json").read_text())
 
