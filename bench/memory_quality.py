@@ -10,9 +10,13 @@ mechanism switched off in turn ("echo-no-hier": plain 18-frame recent window ins
 compressed history; "echo-no-recall": no scene recall frame inserted at any switch; "echo-no-decay": the inserted
 memory fades at the fixed mid-range rate of its mode instead of per-location difference-aware rates). Policies
 advance chunk by chunk in alternation so per-chunk times see the same machine conditions. A 2-minute
-single-prompt run per policy measures long-run stability. Echo's recall of a saved scene (scene library: the
-recalled scene saved to a file and recalled in a new video) gets its own rows (mq_saved_scene.py). Writes
-memory_quality.md / .png / .json.
+single-prompt run per policy measures long-run stability. Two more timeline families make each mechanism
+measurable: long single scenes (the hierarchy: do the scene's landmarks and objects survive once its first frames
+have left the window?) and smooth switches that keep the background and one object but replace the other (the
+decay: does the dropped object linger?). Every comparison is paired per timeline (same seeds), with a bootstrap
+95% interval (mq_stats.py). Echo's recall of a saved scene (scene library: the recalled scene saved to a file and
+recalled in a new video) gets its own rows (mq_saved_scene.py). With several models (--model label=folder) each
+gets its own row set. Writes memory_quality.md / .png / .json.
 
     python bench/memory_quality.py            # full run (about 5-10 minutes on 2 CPU cores)
     python bench/memory_quality.py --quick    # a small end-to-end run (tests)
@@ -36,6 +40,7 @@ for _path in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resol
         sys.path.append(_path)
 
 import mq_metrics as mq  # noqa: E402
+import mq_stats  # noqa: E402
 from mq_figure import draw_figure  # noqa: E402
 from mq_report import write_markdown  # noqa: E402
 from mq_saved_scene import markdown as saved_scene_markdown  # noqa: E402
@@ -47,7 +52,7 @@ from echo_core.run import PolicyLike  # noqa: E402
 from echo_core.sampler import SamplerConfig  # noqa: E402
 from echo_core.session import MemorySpec  # noqa: E402
 from echo_core.toy.demo import DEMO_TIMELINE  # noqa: E402
-from echo_core.toy.grammar import SceneSpec, describe, sample_spec, smooth_variant  # noqa: E402
+from echo_core.toy.grammar import ObjectSpec, SceneSpec, describe, smooth_variant, world_shapes, world_spec  # noqa: E402
 from echo_core.toy.loader import ToyBundle, load_toy_model  # noqa: E402
 from echo_core.toy.run import start_toy_run, timeline_spec  # noqa: E402
 from echo_core.toy.scorer import chance_level  # noqa: E402
@@ -60,11 +65,15 @@ MARKERS = {"smooth": "", "hardcut": "#", "recall": "@"}  # outgoing markers (off
 
 @dataclass(frozen=True)
 class Settings:
-    timelines: int = 10  # alternate recall targets: 5 recall scene 1, 5 recall scene 3
-    scene_seconds: float = 7.0
-    long_seconds: float = 120.0
-    stability_seconds: float = 30.0
-    window_seconds: float = 2.0  # contamination / continuity window after a switch
+    timelines: int = 30  # alternate recall targets: half recall scene 1, half recall scene 3
+    scene_seconds: float = 3.0
+    long_seconds: float = 60.0
+    stability_seconds: float = 15.0
+    window_seconds: float = 1.5  # contamination / continuity window after a switch
+    hier_timelines: int = 3  # long single scenes (the hierarchy)
+    hier_seconds: float = 45.0
+    decay_timelines: int = 12  # smooth switches that drop one object (the decay)
+    decay_seconds: float = 3.0
     steps: int | None = None  # denoising steps per chunk; None = the toy model's own
     seed: int = BENCH_SEED
     saved_scene: bool = True  # Echo's recall of a saved scene (mq_saved_scene.py)
@@ -72,6 +81,7 @@ class Settings:
 
 FULL = Settings()
 QUICK = Settings(timelines=1, scene_seconds=2.25, long_seconds=7.5, stability_seconds=2.25, window_seconds=1.0,
+                 hier_timelines=1, hier_seconds=4.5, decay_timelines=1, decay_seconds=2.25,
                  steps=3, saved_scene=False)  # the saved-scene rows have their own quick test
 
 
@@ -92,14 +102,14 @@ class BenchTimeline:
         return " | ".join(parts)
 
 
-def make_timelines(n: int, seconds: float, seed: int = BENCH_SEED) -> list[BenchTimeline]:
+def make_timelines(n: int, seconds: float, seed: int = BENCH_SEED, world: str = "v1") -> list[BenchTimeline]:
     out = []
     for k in range(n):
         rng = np.random.default_rng(seed + k)
-        a = sample_spec(rng)
+        a = world_spec(rng, world)
         scenes = [a, smooth_variant(a, rng)]
         while len(scenes) < 4:  # B and C: new appearances
-            s = sample_spec(rng)
+            s = world_spec(rng, world)
             if s.appearance() not in {x.appearance() for x in scenes}:
                 scenes.append(s)
         source = 0 if k % 2 == 0 else 2  # recall the first scene (also the sink of rolling/flush) or B
@@ -107,6 +117,54 @@ def make_timelines(n: int, seconds: float, seed: int = BENCH_SEED) -> list[Bench
         tl = BenchTimeline(k, tuple(scenes), source, seconds, seed + 100 * k)
         assert tl.text != DEMO_TIMELINE
         out.append(tl)
+    return out
+
+
+@dataclass(frozen=True)
+class DecayTimeline:
+    """A --smooth--> A*: same background and first object, the second object replaced by another one."""
+
+    index: int
+    before: SceneSpec
+    after: SceneSpec
+    gone: SceneSpec  # the dropped object alone on the shared background (what must not linger)
+    seconds: float
+    seed: int
+
+    @property
+    def text(self) -> str:
+        return f"{describe(self.before)} [{self.seconds:g}s] | {describe(self.after)} [{self.seconds:g}s]"
+
+
+def make_decay_timelines(n: int, seconds: float, seed: int = BENCH_SEED + 7_000, world: str = "v1"
+                         ) -> list[DecayTimeline]:
+    out: list[DecayTimeline] = []
+    k = 0
+    while len(out) < n:
+        rng = np.random.default_rng(seed + k)
+        k += 1
+        a = world_spec(rng, world)
+        if len(a.objects) != 2:
+            continue
+        keep, drop = a.objects
+        shapes = world_shapes(world)
+        colours = [c for c in ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
+                   if c not in (a.background, keep.colour, drop.colour)]
+        new = ObjectSpec(colours[int(rng.integers(len(colours)))], shapes[int(rng.integers(len(shapes)))],
+                         drop.motion)
+        after = SceneSpec((keep, new), a.background, a.pattern)
+        gone = SceneSpec((ObjectSpec(drop.colour, drop.shape),), a.background, a.pattern)
+        out.append(DecayTimeline(len(out), a, after, gone, seconds, seed + 100 * k))
+    return out
+
+
+def make_hier_timelines(n: int, seconds: float, seed: int = BENCH_SEED + 9_000, world: str = "v1"
+                        ) -> list[tuple[SceneSpec, int, str]]:
+    """Long single scenes: (spec, seed, timeline text)."""
+    out = []
+    for k in range(n):
+        spec = world_spec(np.random.default_rng(seed + k), world)
+        out.append((spec, seed + 100 * k, f"{describe(spec)} [{seconds:g}s]"))
     return out
 
 
@@ -236,6 +294,81 @@ def summarise(per_timeline: list[dict[str, Any]], long: dict[str, Any], runs_met
     return table
 
 
+# Metrics compared per timeline, and which direction is better.
+METRICS = {
+    "contamination": "lower", "detail_carryover": "lower", "switch_response": "lower", "continuity": "higher",
+    "recall_fidelity": "higher", "linger": "lower", "late_detail": "higher", "late_objects": "higher",
+}
+BASELINE_PAIRS = (("echo", "rolling"), ("echo", "flush"))
+ABLATIONS = ("echo-no-hier", "echo-no-recall", "echo-no-decay")
+
+
+def run_families(bundle: ToyBundle, st: Settings, sampler: SamplerConfig, cost: dict, log,
+                 t_start: float) -> dict[str, Any]:
+    """The decay timelines (smooth switch dropping one object) and the long single scenes (hierarchy)."""
+    window = int(round(st.window_seconds * bundle.fps))
+    decay_tls = make_decay_timelines(st.decay_timelines, st.decay_seconds, world=bundle.world)
+    decay = []
+    for dt in decay_tls:
+        first, end = scene_chunks(bundle, dt.text)[1]
+        runs = run_policies(bundle, dt.text, POLICIES, dt.seed, sampler)
+        decay.append({name: {"linger": mq.linger(run, first, end, dt.gone, window),
+                             "continuity": mq.continuity(run, first, end, dt.after, window)}
+                      for name, run in runs.items()})
+        for name, run in runs.items():
+            _cost(cost, name, run)
+    log(f"decay timelines done ({time.perf_counter() - t_start:.0f} s)")
+    hier_tls = make_hier_timelines(st.hier_timelines, st.hier_seconds, world=bundle.world)
+    hier = []
+    for spec, seed, text in hier_tls:
+        runs = run_policies(bundle, text, POLICIES, seed, sampler)
+        # First and last third at most: the first frames must have left every window before the last third.
+        span = min(int(round(st.stability_seconds * bundle.fps)), next(iter(runs.values())).frames.shape[0] // 3)
+        hier.append({name: mq.late_memory(run.frames, spec, span) for name, run in runs.items()})
+        for name, run in runs.items():
+            _cost(cost, name, run)
+    log(f"long single scenes done ({time.perf_counter() - t_start:.0f} s)")
+    return {"decay": decay, "hier": hier, "decay_timelines": decay_tls, "hier_timelines": hier_tls}
+
+
+def timeline_values(per_timeline: list[dict[str, Any]], families: dict[str, Any]) -> dict[str, dict[str, list]]:
+    """metric -> policy -> one value per timeline of the metric's family (None where a timeline has none)."""
+    out: dict[str, dict[str, list]] = {m: {p: [] for p in POLICIES} for m in METRICS}
+    for t in per_timeline:
+        for p in POLICIES:
+            r = t[p]
+            out["contamination"][p].append(_mean_or_none(r["contamination"]))
+            out["detail_carryover"][p].append(_mean_or_none(r["carryover"]))
+            out["switch_response"][p].append(_mean_or_none([s["chunks"] for s in r["switch"]]))
+            out["continuity"][p].append(_mean_or_none(r["continuity"]))
+            out["recall_fidelity"][p].append(r["recall_fidelity"])
+    for row in families["decay"]:
+        for p in POLICIES:
+            out["linger"][p].append(row[p]["linger"])
+    for row in families["hier"]:
+        for p in POLICIES:
+            out["late_detail"][p].append(row[p]["detail"])
+            out["late_objects"][p].append(row[p]["objects"])
+    return out
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def compare(values: dict[str, dict[str, list]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Paired differences with bootstrap 95% intervals: echo minus each baseline, each ablation minus echo."""
+    pairs = list(BASELINE_PAIRS) + [(a, "echo") for a in ABLATIONS]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for a, b in pairs:
+        rows = {}
+        for metric, better in METRICS.items():
+            p = mq_stats.paired(values[metric][a], values[metric][b])
+            rows[metric] = {**p.as_dict(), "better": better, "claim": mq_stats.claim(p, better)}
+        out[f"{a} - {b}"] = rows
+    return out
+
+
 def _cost(meta: dict[str, dict[str, list]], name: str, run: mq.RunFrames) -> None:
     m = meta.setdefault(name, {"wall": [], "cache": [], "pool": []})
     m["wall"] += [r["wall_s"] for r in run.reports]
@@ -250,7 +383,7 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
     sampler = bundle.sampler_config
     if st.steps is not None:
         sampler = replace(sampler, denoising_steps=tuple(1000.0 * (st.steps - i) / st.steps for i in range(st.steps)))
-    timelines = make_timelines(st.timelines, st.scene_seconds, st.seed)
+    timelines = make_timelines(st.timelines, st.scene_seconds, st.seed, bundle.world)
     per_timeline, cost, strips = [], {}, {}
     for tl in timelines:
         chunks = scene_chunks(bundle, tl.text)
@@ -266,8 +399,9 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
             strips["_chunks"] = chunks  # type: ignore[assignment]
             strips["_ranges"] = runs["echo"].chunk_ranges  # type: ignore[assignment]
         log(f"timeline {tl.index + 1}/{len(timelines)} done ({time.perf_counter() - t_start:.0f} s)")
+    families = run_families(bundle, st, sampler, cost, log, t_start)
     rng = np.random.default_rng(st.seed - 1)
-    long_spec = sample_spec(rng)
+    long_spec = world_spec(rng, bundle.world)
     long_runs = run_policies(bundle, f"{describe(long_spec)} [{st.long_seconds:g}s]", POLICIES, st.seed - 1, sampler)
     cands = mq.candidate_set(long_spec, [], st.seed - 2)
     window = int(round(st.stability_seconds * bundle.fps))
@@ -278,10 +412,21 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
     meta = {name: {"chunk_ms": 1000 * mq.mean(c["wall"]), "cache_kb": max(c["cache"]) / 1024,
                    "pool_kb": max(c["pool"]) / 1024, "chunks_timed": len(c["wall"])} for name, c in cost.items()}
     table = summarise(per_timeline, long, meta, timelines)
+    values = timeline_values(per_timeline, families)
+    for name in POLICIES:
+        for key, rows in values.items():
+            if key in ("linger", "late_detail", "late_objects"):
+                table[name][key] = mq.mean([v for v in rows[name] if v is not None])
+    paired = compare(values)
     saved_scene = run_saved_scene_bench(bundle, timelines, sampler, log) if st.saved_scene else None
     chance = mq.mean([t["chance_gt"] for t in per_timeline])
     result = {
         "settings": st.__dict__, "policies": list(POLICIES), "table": table, "chance_gt": chance,
+        "model": {"world": bundle.world, "data_mode": bundle.data_mode,
+                  "weights": str(weights) if weights is not None else "bundled"},
+        "paired": paired, "per_timeline_values": values,
+        "decay_timelines": [dt.text for dt in families["decay_timelines"]],
+        "hier_timelines": [text for _, _, text in families["hier_timelines"]],
         "timelines": [{"text": tl.text, "seed": tl.seed, "recall_source": tl.recall_source} for tl in timelines],
         "long_run": {"prompt": describe(long_spec), "seconds": st.long_seconds},
         "per_timeline": per_timeline, "torch_threads": torch.get_num_threads(),
@@ -298,11 +443,42 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
     return result
 
 
+def _model_arg(ap: argparse.ArgumentParser, text: str) -> tuple[str, Path]:
+    label, sep, folder = text.partition("=")
+    if not sep or not label or not folder:
+        ap.error(f"--model must be LABEL=FOLDER (e.g. training-free=echo_core/toy/weights), got {text!r}")
+    if not Path(folder).is_dir():
+        ap.error(f"--model {label}: folder {folder!r} does not exist")
+    return label, Path(folder)
+
+
+def run_models(st: Settings, out_dir: Path, models: list[tuple[str, Path]], log) -> dict[str, Any]:
+    """One row set per model: each model's run in out_dir/<label>/, one combined report in out_dir."""
+    results, parts = {}, []
+    for label, folder in models:
+        log(f"model {label}: {folder}")
+        res = run_benchmark(st, out_dir / label, folder, log=log)
+        res["model"]["label"] = label
+        write_markdown(res, out_dir / label / "memory_quality.md")
+        results[label] = res
+        parts.append((out_dir / label / "memory_quality.md").read_text())
+    total = round(sum(r["wall_s"] for r in results.values()), 1)
+    combined = {"models": results, "wall_s": total}
+    (out_dir / "memory_quality.json").write_text(json.dumps(combined, indent=1))
+    (out_dir / "memory_quality.md").write_text("\n\n".join(parts))
+    first = out_dir / models[0][0] / "memory_quality.png"
+    if first.exists():
+        (out_dir / "memory_quality.png").write_bytes(first.read_bytes())
+    return combined
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one short timeline, few steps (end-to-end check)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--weights", type=Path, default=None, help="toy weights folder (default: bundled)")
+    ap.add_argument("--model", action="append", default=[], metavar="LABEL=FOLDER",
+                    help="a model to benchmark (repeatable): each gets its own row set in one report")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (fixed, for reproducible numbers)")
     ap.add_argument("--timelines", type=int, default=None, help="override the number of held-out timelines")
     args = ap.parse_args(argv)
@@ -313,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.timelines < 1:
             ap.error(f"--timelines must be >= 1, got {args.timelines}")
         st = replace(st, timelines=args.timelines)
-    result = run_benchmark(st, args.out, args.weights, log=lambda s: print(s, file=sys.stderr, flush=True))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.model:
+        models = [_model_arg(ap, m) for m in args.model]
+        result = run_models(st, args.out, models, log)
+    else:
+        result = run_benchmark(st, args.out, args.weights, log=log)
     print((args.out / "memory_quality.md").read_text())
     print(f"wall {result['wall_s']} s", file=sys.stderr)
     return 0

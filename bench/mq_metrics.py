@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from echo_core.toy.evaluate import near_misses
-from echo_core.toy.grammar import SceneSpec, sample_spec
-from echo_core.toy.scorer import detail_match, identify_scene, object_identity
+from echo_core.toy.evaluate import near_misses, world_of
+from echo_core.toy.grammar import SceneSpec, world_spec
+from echo_core.toy.scorer import detail_match, identify_scene, object_identity, object_presence
 
 SWITCH_SHOWN = 0.5  # a chunk "shows" a scene when the scorer names it on at least half of its frames
 
@@ -45,7 +45,8 @@ def candidate_set(target: SceneSpec, others: list[SceneSpec], seed: int, n_rando
     distinct appearances: a frame counts as the target only if everything the prompt names is right."""
     rng = np.random.default_rng(seed)
     out, seen = [], set()
-    for spec in [target] + others + near_misses(target) + [sample_spec(rng) for _ in range(4 * n_random)]:
+    world = world_of(target)
+    for spec in [target] + others + near_misses(target) + [world_spec(rng, world) for _ in range(4 * n_random)]:
         if spec.appearance() not in seen and len(out) < 1 + len(others) + 5 + n_random:
             out.append(spec)
             seen.add(spec.appearance())
@@ -114,3 +115,17 @@ def mean(values: list[float]) -> float:
 def detail_curve(frames: torch.Tensor, spec: SceneSpec, reference: torch.Tensor) -> list[float]:
     """Per-frame seed-detail match to the reference (for the recall curve)."""
     return detail_match(frames, spec, reference).tolist()
+
+
+def late_memory(frames: torch.Tensor, spec: SceneSpec, window: int) -> dict[str, float]:
+    """Long single scene: do its unprompted details and its objects survive once its first frames have left the
+    attention window? `detail` = seed-detail match of the last `window` frames to the scene's own first
+    `window` frames (`detail_match`); `objects` = share of the last `window` frames with every object present."""
+    first, last = frames[:window], frames[-window:]
+    return {"detail": float(detail_match(last, spec, first).mean()), "objects": object_identity(last, spec)}
+
+
+def linger(run: RunFrames, first_chunk: int, end_chunk: int, gone: SceneSpec, window: int) -> float:
+    """Share of the first `window` frames after a smooth switch on which an object the new scene dropped is
+    still drawn (`gone`: a one-object spec of it on the shared background); lower is better."""
+    return float(object_presence(run.after(first_chunk, window, end_chunk), gone)[:, 0].float().mean())

@@ -30,11 +30,35 @@ def verdict(table: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def paired_lines(result: dict[str, Any]) -> list[str]:
+    """The paired-difference table: per metric, mean difference over timelines with its bootstrap 95% interval,
+    how many timelines went each way, and the wording the interval supports."""
+    paired = result.get("paired")
+    if not paired:
+        return []
+    lines = [
+        "Paired differences per timeline (same seeds), mean [bootstrap 95% interval], timelines lower / higher / "
+        "tied. \"echo - X\": negative is lower for Echo. \"ablation - echo\": what switching the mechanism off "
+        "does; \"worse\" there means the mechanism helps. A claim is made only when the interval excludes 0.",
+        "",
+        "| comparison | metric (better) | n | mean difference [95% CI] | lower / higher / tied | supported |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair, rows in paired.items():
+        for metric, r in rows.items():
+            if not r["n"]:
+                continue
+            lines.append(f"| {pair} | {metric.replace('_', ' ')} ({r['better']}) | {r['n']} | "
+                         f"{r['mean']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}] | {r['lower']} / {r['higher']} / "
+                         f"{r['ties']} | {r['claim']} |")
+    return lines + [""]
+
+
 def write_markdown(result: dict[str, Any], path: Path) -> None:
     st, table = result["settings"], result["table"]
     n = len(result["timelines"])
     lines = [
-        "# Memory quality: cache policies on the bundled toy model",
+        f"# Memory quality: cache policies on the toy model{_model_title(result)}",
         "",
         f"`python bench/memory_quality.py{' --quick' if st['timelines'] == 1 and st['scene_seconds'] < 3 else ''}` "
         f"- {n} held-out timeline(s) of 5 scenes x {st['scene_seconds']:g} s (smooth, hard cut, hard cut, "
@@ -67,8 +91,10 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "recalled scene generated on its own from another noise seed: the level a policy reaches with no memory "
         "of the first appearance.",
         "",
-        "Verdict (computed from the table):",
+        "Verdict (computed from the table; the paired intervals below decide what is claimed):",
         *verdict(table),
+        "",
+        *paired_lines(result),
         "",
         "Columns:",
         "- switch response: chunks generated after a hard cut or recall before the first chunk on which the "
@@ -100,9 +126,51 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "inside Echo); echo-no-recall = nothing inserted at switches (no recall frame); echo-no-decay = fixed "
         "mid-range decay rate instead of difference-aware rates.",
         "",
+        *_family_lines(result),
         "Timelines:",
         *[f"{i + 1}. `{t['text']}` (seed {t['seed']})" for i, t in enumerate(result["timelines"])],
         f"- long run: `{result['long_run']['prompt']}` for {result['long_run']['seconds']:g} s",
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _family_lines(result: dict[str, Any]) -> list[str]:
+    table = result["table"]
+    if "linger" not in table.get("echo", {}):
+        return []
+    lines = [
+        "Mechanism timelines (means; paired intervals above):",
+        "",
+        "| policy | linger (decay timelines, lower is better) | late detail (long scenes) | "
+        "late objects (long scenes) |",
+        "|---|---|---|---|",
+    ]
+    for name in result["policies"]:
+        r = table[name]
+        lines.append(f"| {name} | {_f(r.get('linger'), '{:.3f}')} | {_f(r.get('late_detail'), '{:.3f}')} | "
+                     f"{_f(r.get('late_objects'), '{:.3f}')} |")
+    return lines + [
+        "",
+        "- linger: share of frames in the window after a smooth switch that keeps the background and one object "
+        "but replaces the other, on which the dropped object is still drawn (difference-aware decay should fade "
+        "the changed region faster).",
+        "- late detail / late objects: in a long single scene, seed-detail match of its last third to its own "
+        "first frames, and share of last-third frames with every object present (the hierarchy's anchors and "
+        "compressed history keep the early frames in view).",
+        "Decay timelines: " + "; ".join(f"`{t}`" for t in result.get("decay_timelines", [])),
+        "Long single scenes: " + "; ".join(f"`{t}`" for t in result.get("hier_timelines", [])),
+        "",
+    ]
+
+
+def _model_title(result: dict[str, Any]) -> str:
+    """Which model the numbers come from: a training-free test needs a model never shown Echo's layouts."""
+    m = result.get("model")
+    if not m:
+        return ""
+    taught = ("trained as Self-Forcing is (no Echo layouts, no position jumps): Echo-Forcing tested training-free"
+              if m["data_mode"] == "self_forcing" else
+              "trained on Echo-Forcing's cache layouts too (memory frames, RoPE jumps), like the paper's "
+              "fine-tuned rows")
+    return f" - {m.get('label', m['weights'])} (world {m['world']}, {taught})"

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +95,7 @@ def test_held_out_timelines():
 
 def _quick(out: Path) -> dict:
     proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--threads", "1", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "memory_quality.json").read_text())
 
@@ -126,6 +128,18 @@ def test_quick_run_end_to_end(tmp_path):
                    "frames vs echo", "ms/chunk", "cache KB"):
         assert header in md
     assert "Verdict" in md and "chance" in md.lower()
+    # every mechanism has a metric family, every comparison a paired interval, and the model is named
+    for name, r in table.items():
+        for key in ("linger", "late_detail", "late_objects"):
+            assert 0.0 <= r[key] <= 1.0, (name, key, r[key])
+    assert set(result["paired"]) == {"echo - rolling", "echo - flush", "echo-no-hier - echo",
+                                     "echo-no-recall - echo", "echo-no-decay - echo"}
+    for rows in result["paired"].values():
+        for metric, p in rows.items():
+            assert p["n"] == 1 and p["lo"] <= p["mean"] <= p["hi"], metric
+            assert p["claim"] == "no difference shown"  # one timeline supports no claim
+    assert result["model"]["world"] == "v1" and result["model"]["data_mode"] == "layouts"
+    assert "bootstrap 95% interval" in md and "linger" in md and "trained on Echo-Forcing's cache layouts" in md
     from PIL import Image
 
     with Image.open(tmp_path / "a" / "memory_quality.png") as img:
@@ -137,3 +151,54 @@ def test_quick_run_end_to_end(tmp_path):
         a = {k: v for k, v in table[name].items() if k not in timing}
         b = {k: v for k, v in again["table"][name].items() if k not in timing}
         assert a == b, name
+
+
+def test_paired_intervals_claim_only_what_they_support():
+    _load()
+    import mq_stats
+
+    rng = np.random.default_rng(0)
+    base = rng.random(30)
+    lower = mq_stats.paired(base - 0.05 - 0.01 * rng.random(30), base)
+    assert lower.n == 30 and lower.lower == 30 and lower.hi < 0 and mq_stats.claim(lower, "lower") == "better"
+    assert mq_stats.claim(lower, "higher") == "worse"
+    noise = mq_stats.paired(base + rng.normal(0, 0.05, 30), base)
+    assert noise.lo < noise.mean < noise.hi
+    # one frame in 64 on a few timelines, tied elsewhere: the interval must not exclude 0 when signs are mixed
+    mixed = mq_stats.paired([0.0, 1 / 64, -1 / 64, 0.0, 1 / 64, -1 / 64], [0.0] * 6)
+    assert mixed.ties == 2 and mq_stats.claim(mixed, "lower") == "no difference shown"
+    with_missing = mq_stats.paired([0.1, None, 0.3], [0.0, 0.5, float("nan")])
+    assert with_missing.n == 1 and not with_missing.supports("higher")  # one timeline is no evidence
+    with pytest.raises(ValueError, match="one entry per timeline"):
+        mq_stats.paired([0.1], [0.1, 0.2])
+
+
+def test_mechanism_timelines_and_their_metrics_on_ground_truth():
+    bench = _load()
+    import mq_metrics as mq
+
+    from echo_core.toy.grammar import SHAPES_V2
+
+    decay = bench.make_decay_timelines(6, 3.0, world="v2")
+    assert [d.text for d in decay] == [d.text for d in bench.make_decay_timelines(6, 3.0, world="v2")]
+    for d in decay:
+        assert (d.after.background, d.after.pattern) == (d.before.background, d.before.pattern)
+        assert d.after.objects[0] == d.before.objects[0] and d.after.objects[1] != d.before.objects[1]
+        assert d.gone.objects[0].colour == d.before.objects[1].colour
+        assert all(o.shape in SHAPES_V2 for o in d.before.objects + d.after.objects)
+        assert d.text.count("|") == 1 and "#" not in d.text and "@" not in d.text  # a smooth switch
+    hier = bench.make_hier_timelines(2, 45.0, world="v2")
+    assert all(text.endswith("[45s]") for _, _, text in hier)
+    # linger: 1 while the dropped object is still drawn after the switch, 0 once the new scene has replaced it
+    d = decay[0]
+    frames, ranges = _clips([(d.before, 5), (d.after, 5)])
+    run = mq.RunFrames(frames, ranges)
+    assert mq.linger(run, 2, 4, d.gone, window=24) == 0.0
+    stuck = mq.RunFrames(torch.cat([frames[:24], frames[:24]]), ranges)
+    assert mq.linger(stuck, 2, 4, d.gone, window=24) == 1.0
+    # late memory: a long ground-truth scene keeps its details and objects; another seed's details do not match
+    spec = hier[0][0]
+    same = torch.cat([_clips([(spec, 3)])[0], _clips([(spec, 3)])[0]])
+    other = torch.cat([_clips([(spec, 3)])[0], _clips([(spec, 99)])[0]])
+    kept, lost = mq.late_memory(same, spec, 24), mq.late_memory(other, spec, 24)
+    assert kept["objects"] == 1.0 and kept["detail"] > 0.8 and lost["detail"] < kept["detail"] - 0.3

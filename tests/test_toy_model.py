@@ -328,7 +328,10 @@ def test_shipped_weights_come_from_the_default_training_command(bundle):
 
     with safe_open(str(WEIGHTS / "toy_dit.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert json.loads(meta["toy.train_config"]) == dataclasses.asdict(TrainConfig())
+    # weights from before world v2 record no world / data mode: the loader reads them as v1 / layouts
+    recorded = {"world": "v1", "data_mode": "layouts", **json.loads(meta["toy.train_config"])}
+    assert recorded == dataclasses.asdict(TrainConfig())
+    assert (bundle.world, bundle.data_mode) == (recorded["world"], recorded["data_mode"])
     assert int(meta["toy.train_steps"]) == TrainConfig().steps
     assert bundle.sampler_config == sampler_for(TrainConfig())
 
@@ -380,3 +383,41 @@ def test_trained_model_draws_the_prompted_background_and_object_colours(bundle):
         area = object_colour_area(frames, spec)
         drawn = ((area >= 0.3) & (area <= 3)).float().mean(0)  # per object: share of frames at 0.3-3x its size
         assert bool((drawn >= 0.7).all()), f"objects of {prompt!r} drawn on {drawn.tolist()} of frames (need 0.7)"
+
+
+def test_evaluate_json_prints_one_object_naming_the_world(capsys):
+    import json
+
+    from echo_core.toy.evaluate import main as evaluate_main
+
+    evaluate_main(["--json", "--prompts", "1", "--long-runs", "0", "--seconds", "1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # progress goes to stderr
+    summary = json.loads(out[0])
+    assert 0.0 <= summary["scene_accuracy"] <= 1.0 and summary["scene_accuracy"] == summary["single_scene_accuracy"]
+    assert summary["world"] == "v1" and summary["data_mode"] == "layouts"  # the shipped weights predate world v2
+    with pytest.raises(SystemExit):
+        evaluate_main(["--json", "--prompts", "0"])
+
+
+def test_self_forcing_data_has_no_echo_layouts_and_no_position_jumps():
+    """The training-free model's data: contiguous positions, no memory frames, no revisits, prompt switches kept."""
+    from echo_core.toy.data import MODE_KINDS
+    from echo_core.toy.grammar import SHAPES_V2
+
+    rng = np.random.default_rng(7)
+    seen = set()
+    for _ in range(24):
+        w = sample_window(rng, size=48, world="v2", mode="self_forcing")
+        seen.add(w.kind)
+        assert w.positions == list(range(len(w.positions))), w.kind  # no RoPE jump anywhere
+        assert not any(w.memory) and w.blocks == sorted(w.blocks)
+        assert all(o.shape in SHAPES_V2 for p in w.prompts for o in parse_prompt(p).objects)
+        assert len(w.prompts) <= 2 and (w.kind != "single" or len(w.prompts) == 1)
+    assert seen == set(MODE_KINDS["self_forcing"]) == {"single", "cut", "smooth"}
+    layouts = [sample_window(np.random.default_rng(k), size=48, kind="memory") for k in range(4)]
+    assert all(any(w.memory) for w in layouts)  # the layout-aware mode does show Echo's cache layouts
+    with pytest.raises(ValueError, match="not part of data mode 'self_forcing'"):
+        sample_window(rng, size=48, kind="memory", mode="self_forcing")
+    with pytest.raises(ValueError, match="data mode 'echo' is not known"):
+        sample_window(rng, size=48, mode="echo")

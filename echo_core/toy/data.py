@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from echo_core.toy.grammar import COLOURS, ObjectSpec, SceneSpec, describe, sample_spec, smooth_variant
+from echo_core.toy.grammar import COLOURS, SHAPES_V2, ObjectSpec, SceneSpec, describe, smooth_variant, world_spec
 from echo_core.toy.world import (
     DARK_SHADE,
     LANDMARK_RGB,
@@ -40,6 +40,7 @@ from echo_core.toy.world import (
     landmark_mask,
     object_details,
     pattern_marks,
+    shape_half_extent,
     shape_sdf,
 )
 
@@ -47,6 +48,15 @@ WINDOW = 21
 BLOCK = 3
 PAD_BLOCK = 10_000  # padding frames: they may attend to everything, nothing attends to them, no loss
 KINDS = {"single": 0.30, "cut": 0.14, "smooth": 0.14, "revisit": 0.17, "memory": 0.25}
+# Data modes. "layouts": every kind above, Echo-Forcing's cache layouts included (memory frames, RoPE jumps):
+# a model taught Echo's layouts. "self_forcing": only what Self-Forcing trains on - contiguous windows of one
+# scene at any point of its clock and prompt switches inside a window (hard cuts, smooth switches), positions
+# always contiguous; no memory frames, no revisits, no position jumps. The rolling cache's attention sink is a
+# test-time device in Self-Forcing and is not trained either. Echo-Forcing is then tested training-free.
+MODE_KINDS: dict[str, dict[str, float]] = {
+    "layouts": KINDS,
+    "self_forcing": {"single": 0.5, "cut": 0.25, "smooth": 0.25},
+}
 MAX_TIME = 480  # latent frames of a scene's clock a window may start at (2 minutes at 16 fps)
 
 
@@ -176,15 +186,15 @@ class Openings:
     texts: torch.Tensor  # [n, L, D]
 
 
-def shape_spec(rng: np.random.Generator) -> SceneSpec:
+def shape_spec(rng: np.random.Generator, world: str = "v1") -> SceneSpec:
     """One still object on a plain background: a scene that differs from its shape variants in the shape alone."""
-    spec = sample_spec(rng, max_objects=1)
+    spec = world_spec(rng, world, max_objects=1)
     return SceneSpec((ObjectSpec(spec.objects[0].colour, spec.objects[0].shape),), spec.background)
 
 
 def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int = 48,
                    details: str = "noise",
-                   spec_of: Callable[[np.random.Generator], SceneSpec] = sample_spec) -> Openings:
+                   spec_of: Callable[[np.random.Generator], SceneSpec] = world_spec) -> Openings:
     """Scene openings (`new_scene` for `details`) of scenes drawn by `spec_of`; with random details `noise` is
     independent of them."""
     segments, noises, texts = [], [], []
@@ -199,6 +209,21 @@ def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int
 
 
 DETAILS = ("noise", "random", "landmarks")
+_START_TRIES = 16
+
+
+def _overlap_matters(spec: SceneSpec) -> bool:
+    """Two objects of world v2 (its large shapes would often start on top of each other)."""
+    return len(spec.objects) == 2 and all(o.shape in SHAPES_V2 for o in spec.objects)
+
+
+def _boxes_overlap(spec: SceneSpec, starts: tuple[tuple[float, float], ...], geo: Geometry) -> bool:
+    (x0, y0), (x1, y1) = starts
+    (ax, ay), (bx, by) = (shape_half_extent(o.shape) for o in spec.objects)
+    dx = abs(float(_wrap_delta(torch.tensor(x0 - x1), geo.width)))
+    dy = abs(float(_wrap_delta(torch.tensor(y0 - y1), geo.height)))
+    gap = 0.5 * geo.radius  # a little background between them
+    return dx < (ax + bx) * geo.radius + gap and dy < (ay + by) * geo.radius + gap
 
 
 def new_scene(rng: np.random.Generator, spec: SceneSpec, size: int,
@@ -221,6 +246,10 @@ def new_scene(rng: np.random.Generator, spec: SceneSpec, size: int,
         landmarks = background_details(int(rng.integers(2**31))).landmarks
     lo, hi = 1.1 * geo.radius, size - 1.1 * geo.radius
     starts = tuple((float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))) for _ in spec.objects)
+    for _ in range(_START_TRIES if _overlap_matters(spec) else 0):  # world v2: start apart, as the world does
+        if not _boxes_overlap(spec, starts, geo):
+            break
+        starts = tuple((float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))) for _ in spec.objects)
     return Segment(spec, BackgroundDetails(PHASE, True, landmarks), starts,
                    (BOUNCE_DIRECTION,) * len(starts)), noise
 
@@ -277,35 +306,43 @@ class _Builder:
                       self.prompts, kind, self.seed_noise, torch.cat(self.backgrounds))
 
 
-def _other_spec(rng: np.random.Generator, spec: SceneSpec) -> SceneSpec:
+def _other_spec(rng: np.random.Generator, spec: SceneSpec, world: str = "v1") -> SceneSpec:
     while True:
-        other = sample_spec(rng)
+        other = world_spec(rng, world)
         if other.appearance() != spec.appearance():
             return other
 
 
 def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kind: str | None = None,
-                  details: str = "noise") -> Window:
+                  details: str = "noise", world: str = "v1", mode: str = "layouts") -> Window:
     """One training window drawn from `rng` (deterministic given the generator state).
 
     Every scene that opens inside the window opens at latent time 0 with `new_scene` details; a scene seen
     again (revisit, recall, smooth continuation) keeps the details it had."""
+    if mode not in MODE_KINDS:
+        raise ValueError(f"data mode {mode!r} is not known; use one of: {', '.join(MODE_KINDS)}")
+    kinds = MODE_KINDS[mode]
     if kind is None:
-        names = list(KINDS)
-        kind = names[int(rng.choice(len(names), p=np.array(list(KINDS.values())) / sum(KINDS.values())))]
+        names = list(kinds)
+        kind = names[int(rng.choice(len(names), p=np.array(list(kinds.values())) / sum(kinds.values())))]
+    elif kind not in kinds:
+        raise ValueError(f"window kind {kind!r} is not part of data mode {mode!r}; use one of: {', '.join(kinds)}")
     b = _Builder(size, fps)
     chunks = WINDOW // BLOCK
-    a, a_noise = new_scene(rng, sample_spec(rng), size, details)
+    a, a_noise = new_scene(rng, world_spec(rng, world), size, details)
 
     def span(t: int, n: int) -> list[int]:
         return list(range(t, t + n))
 
-    if kind == "single":
+    if kind == "single" and mode == "self_forcing":  # a rolling window: the scene from any point of its clock
+        start = int(rng.integers(0, MAX_TIME)) if rng.random() < 0.5 else 0
+        b.add(a, span(start, WINDOW), position=0, block=None, seed_noise=a_noise)
+    elif kind == "single":
         b.add(a, span(0, WINDOW), position=0, block=None, seed_noise=a_noise)
     elif kind == "cut":
         c1 = int(rng.integers(1, chunks))
         pos = b.add(a, span(0, c1 * BLOCK), position=0, block=None, seed_noise=a_noise)
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, details)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec, world), size, details)
         b.add(other, span(0, (chunks - c1) * BLOCK), position=pos, block=None, seed_noise=o_noise)
     elif kind == "smooth":
         c1 = int(rng.integers(1, chunks))
@@ -316,18 +353,19 @@ def sample_window(rng: np.random.Generator, size: int = 48, fps: float = 16, kin
         c1 = int(rng.integers(1, 4))
         c2 = int(rng.integers(1, chunks - c1))
         pos = b.add(a, span(0, c1 * BLOCK), position=0, block=None, seed_noise=a_noise)
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, details)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec, world), size, details)
         pos = b.add(other, span(0, c2 * BLOCK), position=pos, block=None, seed_noise=o_noise)
         back = (c1 + c2) * BLOCK + int(rng.integers(0, 60))
         b.add(a, span(back, (chunks - c1 - c2) * BLOCK), position=pos, block=None)
     elif kind == "memory":
-        _memory_window(b, rng, a, size, details)
+        _memory_window(b, rng, a, size, details, world)
     else:
         raise ValueError(f"unknown window kind {kind!r}; choose one of {', '.join(KINDS)}")
     return b.build(kind)
 
 
-def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int, details: str) -> None:
+def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int, details: str,
+                   world: str = "v1") -> None:
     mode = rng.choice(3, p=[0.5, 0.3, 0.2])
     if mode == 0:  # recall: 1-3 early frames of the scene (a Scene Recall Frame), then the scene later on
         m = int(rng.integers(1, 4))
@@ -339,7 +377,7 @@ def _memory_window(b: _Builder, rng: np.random.Generator, a: Segment, size: int,
     elif mode == 1:  # hard cut: a frame of the scene that ended, then a new scene far away in RoPE time
         pos = b.add(a, [int(rng.integers(0, MAX_TIME))], position=0, block=0, memory=True)
         jump = 45 if rng.random() < 0.7 else int(rng.integers(0, 7))
-        other, o_noise = new_scene(rng, _other_spec(rng, a.spec), size, details)
+        other, o_noise = new_scene(rng, _other_spec(rng, a.spec, world), size, details)
         b.add(other, list(range(0, 6 * BLOCK)), position=pos + jump, block=None, seed_noise=o_noise)
     else:  # smooth: the chain's first frame and the last two frames of the old scene, then the new motions
         switch = 2 + int(rng.integers(0, 40))
@@ -406,14 +444,15 @@ def collate(windows: list[Window], codec, text_encoder) -> Batch:
 
 
 def sample_batch(rng: np.random.Generator, batch: int, codec, text_encoder, size: int = 48,
-                 details: str = "noise") -> Batch:
-    return collate([sample_window(rng, size, details=details) for _ in range(batch)], codec, text_encoder)
+                 details: str = "noise", world: str = "v1", mode: str = "layouts") -> Batch:
+    return collate([sample_window(rng, size, details=details, world=world, mode=mode) for _ in range(batch)],
+                   codec, text_encoder)
 
 
-def fit_frames(rng: np.random.Generator, count: int, size: int = 48) -> torch.Tensor:
+def fit_frames(rng: np.random.Generator, count: int, size: int = 48, world: str = "v1") -> torch.Tensor:
     """Keyframes of random scenes at random times, for fitting the codec: [count, 3, size, size]."""
     out = []
     for _ in range(count):
-        seg, _ = new_scene(rng, sample_spec(rng), size)
+        seg, _ = new_scene(rng, world_spec(rng, world), size)
         out.append(render_segment(seg, torch.tensor([int(rng.integers(0, MAX_TIME))]), size))
     return torch.cat(out)

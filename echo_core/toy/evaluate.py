@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from echo_core.toy.grammar import COLOURS, PATTERNS, SHAPES, ObjectSpec, SceneSpec, describe, sample_spec
+from echo_core.toy.grammar import (
+    COLOURS,
+    PATTERNS,
+    SHAPES_V2,
+    ObjectSpec,
+    SceneSpec,
+    describe,
+    shape_family,
+    world_spec,
+)
 from echo_core.toy.loader import ToyBundle, load_toy_model
 from echo_core.toy.run import render_timeline
 from echo_core.toy.scorer import identify_scene, object_presence
@@ -36,7 +45,8 @@ def near_misses(spec: SceneSpec) -> list[SceneSpec]:
     tries: list[Any] = [
         lambda: replace(spec, background=_next(list(COLOURS), spec.background, {o.colour for o in spec.objects})),
         lambda: replace(spec, pattern=_next(list(PATTERNS), spec.pattern)),
-        lambda: replace(spec, objects=(replace(first, shape=_next(list(SHAPES), first.shape)),) + spec.objects[1:]),
+        lambda: replace(spec, objects=(replace(first, shape=_next(list(shape_family(first.shape)), first.shape)),)
+                        + spec.objects[1:]),
         lambda: replace(spec, objects=(replace(first, colour=_next(list(COLOURS), first.colour, {spec.background})),)
                         + spec.objects[1:]),
     ]
@@ -62,10 +72,16 @@ def _next(options: list[str], current: str, avoid: set[str] = frozenset()) -> st
     return current
 
 
+def world_of(spec: SceneSpec) -> str:
+    """The world whose shapes `spec` uses (its random rivals come from the same world)."""
+    return "v2" if spec.objects[0].shape in SHAPES_V2 else "v1"
+
+
 def candidates(spec: SceneSpec, rng: np.random.Generator, n_random: int = 8) -> list[SceneSpec]:
     """The prompted scene first, then near misses and random scenes, all with distinct appearances."""
     out, seen = [spec], {spec.appearance()}
-    for c in near_misses(spec) + [sample_spec(rng) for _ in range(4 * n_random)]:
+    world = world_of(spec)
+    for c in near_misses(spec) + [world_spec(rng, world) for _ in range(4 * n_random)]:
         if c.appearance() not in seen and len(out) < 1 + 5 + n_random:
             out.append(c)
             seen.add(c.appearance())
@@ -89,9 +105,10 @@ def background_accuracy(frames: torch.Tensor, spec: SceneSpec) -> torch.Tensor:
     return idx == 0
 
 
-def eval_prompts(n: int, seed: int = EVAL_SEED) -> list[SceneSpec]:
+def eval_prompts(n: int, seed: int = EVAL_SEED, world: str = "v1") -> list[SceneSpec]:
+    """Held-out prompts of `world` (training draws its prompts from other generators)."""
     rng = np.random.default_rng(seed)
-    return [sample_spec(rng) for _ in range(n)]
+    return [world_spec(rng, world) for _ in range(n)]
 
 
 def single_scene(bundle: ToyBundle, spec: SceneSpec, *, seconds: float, seed: int, policy: str,
@@ -113,7 +130,7 @@ def single_scene(bundle: ToyBundle, spec: SceneSpec, *, seconds: float, seed: in
 def evaluate(bundle: ToyBundle, *, prompts: int = 8, long_runs: int = 1, policy: str = "echo",
              seconds: float = 30.0, long_seconds: float = 120.0, log=print) -> dict[str, Any]:
     rng = np.random.default_rng(EVAL_SEED + 1)
-    specs = eval_prompts(prompts + long_runs)
+    specs = eval_prompts(prompts + long_runs, world=bundle.world)
     singles = []
     for i, spec in enumerate(specs[:prompts]):
         r = single_scene(bundle, spec, seconds=seconds, seed=1000 + i, policy=policy, rng=rng)
@@ -130,6 +147,9 @@ def evaluate(bundle: ToyBundle, *, prompts: int = 8, long_runs: int = 1, policy:
     mean_single = float(np.mean([r["accuracy"] for r in singles])) if singles else float("nan")
     return {
         "policy": policy,
+        "world": bundle.world,
+        "data_mode": bundle.data_mode,
+        "scene_accuracy": round(mean_single, 4),
         "single_scene_accuracy": round(mean_single, 4),
         "single_scene_min": min((r["accuracy"] for r in singles), default=None),
         "background_accuracy": round(float(np.mean([r["background_accuracy"] for r in singles])), 4) if singles
@@ -149,11 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-runs", type=int, default=1, help="2-minute runs")
     p.add_argument("--policy", default="echo", choices=["echo", "rolling", "full"])
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each single-scene run")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     bundle = load_toy_model(args.weights)
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
+    if args.prompts < 1 or args.long_runs < 0 or not args.seconds > 0:
+        p.error("--prompts must be >= 1, --long-runs >= 0 and --seconds > 0")
     res = evaluate(bundle, prompts=args.prompts, long_runs=args.long_runs, policy=args.policy,
-                   log=lambda s: print(s, flush=True))
+                   seconds=args.seconds, log=log)
     summary = {k: v for k, v in res.items() if k not in ("singles", "long_runs")}
     print(json.dumps(summary))
     if args.out is not None:

@@ -25,7 +25,15 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "purple": (0.60, 0.20, 0.80),
     "white": (0.95, 0.95, 0.95),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross")
+# Two worlds share the grammar and differ in their shapes. World v1's shapes differ by a few corner pixels at
+# radius 7 px, below the toy model's 8-pixel tokens; world v2's differ in size and aspect at token scale
+# (see world.shape_sdf), so a 1-3 M-parameter model can learn them on CPU. Every shape word parses and renders;
+# a world decides which shapes are sampled (training data, evaluation, benchmark) and which are near misses.
+SHAPES_V1: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross")
+SHAPES_V2: tuple[str, ...] = ("dot", "block", "pillar", "bar")
+WORLDS: dict[str, tuple[str, ...]] = {"v1": SHAPES_V1, "v2": SHAPES_V2}
+ALL_SHAPES: tuple[str, ...] = SHAPES_V1 + SHAPES_V2
+SHAPES = SHAPES_V1  # the shapes sampled by default (world v1)
 PATTERNS: tuple[str, ...] = ("plain", "striped", "checkered", "dotted")
 MOTIONS: tuple[str, ...] = ("static", "left", "right", "up", "down", "bounce")
 MAX_OBJECTS = 2
@@ -49,7 +57,7 @@ _JOIN_WORDS = ("and", "on", "background")
 VOCAB: tuple[str, ...] = tuple(
     sorted(
         set(COLOURS)
-        | set(SHAPES)
+        | set(ALL_SHAPES)
         | set(PATTERNS)
         | set(_MOVE_VERBS)
         | set(_DIRECTIONS)
@@ -71,7 +79,7 @@ class ObjectSpec:
 
     def __post_init__(self) -> None:
         _check_member("ObjectSpec.colour", self.colour, tuple(COLOURS))
-        _check_member("ObjectSpec.shape", self.shape, SHAPES)
+        _check_member("ObjectSpec.shape", self.shape, ALL_SHAPES)
         _check_member("ObjectSpec.motion", self.motion, MOTIONS)
 
 
@@ -106,6 +114,18 @@ class SceneSpec:
     def appearance(self) -> tuple:
         """What a single frame can show: background and the multiset of (colour, shape), motion left out."""
         return (self.background, self.pattern, tuple(sorted((o.colour, o.shape) for o in self.objects)))
+
+
+def world_shapes(world: str) -> tuple[str, ...]:
+    """The shapes world `world` ("v1" or "v2") samples."""
+    if world not in WORLDS:
+        raise ValueError(f"world = {world!r} is not known; use one of: {', '.join(WORLDS)}")
+    return WORLDS[world]
+
+
+def shape_family(shape: str) -> tuple[str, ...]:
+    """The shapes of the world `shape` belongs to: its near misses are drawn from these."""
+    return SHAPES_V2 if shape in SHAPES_V2 else SHAPES_V1
 
 
 def _check_member(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -165,14 +185,14 @@ def _parse_background(words: list[str], text: str) -> tuple[str, str]:
 
 def _parse_object(words: list[str], text: str) -> ObjectSpec:
     colours = [w for w in words if w in COLOURS]
-    shapes = [w for w in words if w in SHAPES]
+    shapes = [w for w in words if w in ALL_SHAPES]
     if len(colours) != 1 or len(shapes) != 1:
         phrase = " ".join(words)
         raise ValueError(
             f"object {phrase!r} in {text!r} needs exactly one colour and one shape; "
-            f"colours: {', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}"
+            f"colours: {', '.join(COLOURS)}; shapes: {', '.join(ALL_SHAPES)}"
         )
-    rest = [w for w in words if w not in COLOURS and w not in SHAPES and w not in _FILLER]
+    rest = [w for w in words if w not in COLOURS and w not in ALL_SHAPES and w not in _FILLER]
     return ObjectSpec(colour=colours[0], shape=shapes[0], motion=_parse_motion(rest, " ".join(words)))
 
 
@@ -216,8 +236,16 @@ def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(int(rng))
 
 
-def sample_spec(rng: np.random.Generator | int, *, max_objects: int = MAX_OBJECTS) -> SceneSpec:
-    """A random valid scene; objects differ from the background and from each other in colour or shape."""
+def world_spec(rng: np.random.Generator | int, world: str = "v1", *, max_objects: int = MAX_OBJECTS) -> SceneSpec:
+    """A random scene of world `world`. World v2 also gives two objects different colours: its larger objects
+    would otherwise merge into one patch of colour where they touch."""
+    return sample_spec(rng, max_objects=max_objects, shapes=world_shapes(world), distinct_colours=world == "v2")
+
+
+def sample_spec(rng: np.random.Generator | int, *, max_objects: int = MAX_OBJECTS,
+                shapes: tuple[str, ...] = SHAPES, distinct_colours: bool = False) -> SceneSpec:
+    """A random valid scene of shapes `shapes`; objects differ from the background and each other in colour or
+    shape (in colour with distinct_colours)."""
     rng = _as_rng(rng)
     names = list(COLOURS)
     background = names[rng.integers(len(names))]
@@ -226,8 +254,10 @@ def sample_spec(rng: np.random.Generator | int, *, max_objects: int = MAX_OBJECT
     objects: list[ObjectSpec] = []
     while len(objects) < n:
         colour = names[rng.integers(len(names))]
-        shape = SHAPES[rng.integers(len(SHAPES))]
+        shape = shapes[rng.integers(len(shapes))]
         if colour == background or any((o.colour, o.shape) == (colour, shape) for o in objects):
+            continue
+        if distinct_colours and any(o.colour == colour for o in objects):
             continue
         objects.append(ObjectSpec(colour, shape, MOTIONS[rng.integers(len(MOTIONS))]))
     return SceneSpec(objects=tuple(objects), background=background, pattern=pattern)

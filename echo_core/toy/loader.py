@@ -40,6 +40,8 @@ class ToyBundle:
     fps: int = 16
     frames_per_chunk: int = 3
     latent_space: str = LATENT_SPACE
+    world: str = "v1"  # the toy world the weights draw (grammar.WORLDS); weights before world v2 say nothing
+    data_mode: str = "layouts"  # what they were trained on (data.MODE_KINDS); older weights: Echo's layouts too
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -88,4 +90,5 @@ def load_toy_model(weights_dir: str | Path | None = None, *, device: str | torch
         raw = json.loads(settings)
         sampler = ToySamplerConfig(**{**raw, "denoising_steps": tuple(raw["denoising_steps"])})
     return ToyBundle(model.eval(), codec, text, sampler, height=int(height), width=int(width),
-                     fps=int(meta.get("toy.fps", "16")))
+                     fps=int(meta.get("toy.fps", "16")), world=info.metadata.get("toy.world", "v1"),
+                     data_mode=info.metadata.get("toy.data_mode", "layouts"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .grammar import COLOURS, SHAPES, SceneSpec
+from .grammar import COLOURS, SceneSpec, shape_family
 from .world import (
     DARK_SHADE,
     LANDMARK_RGB,
@@ -28,6 +28,7 @@ from .world import (
     landmark_mask,
     pattern_marks,
     render_clip,
+    shape_half_extent,
     shape_sdf,
 )
 
@@ -45,6 +46,7 @@ _AREA_SEEN = 0.8  # share of an object's true area its colour posterior recovers
 _TEMPERATURE = 0.05  # of scene scores -> confidences
 _PRESENT_MIN = 0.35  # matched-filter response above which an object counts as present
 _CHUNK = 96  # frames per block, to bound memory
+_OPENING = 3  # pixels: colour patches thinner than this do not count towards a colour's area
 
 
 # --------------------------------------------------------------------------------------- pixel analysis
@@ -112,8 +114,9 @@ def _shape_template(
     xs = torch.arange(width, dtype=torch.float32).view(1, -1).expand(height, width)
     dy = torch.remainder(ys + height / 2, height) - height / 2  # wrapped offsets from pixel (0, 0)
     dx = torch.remainder(xs + width / 2, width) - width / 2
-    half = math.ceil(geo.radius + 1.5)
-    window = ((dx.abs() <= half) & (dy.abs() <= half)).float()
+    fx, fy = shape_half_extent(shape)
+    half_x, half_y = math.ceil(fx * geo.radius + 1.5), math.ceil(fy * geo.radius + 1.5)
+    window = ((dx.abs() <= half_x) & (dy.abs() <= half_y)).float()
     cover = _blur_map(coverage(shape_sdf(shape, dx, dy, geo.radius)), sigma) * window
     tmpl = (cover - cover.sum() / window.sum()) * window
     return torch.fft.rfft2(tmpl), torch.fft.rfft2(window), float((tmpl**2).sum()), float(window.sum())
@@ -128,7 +131,13 @@ def _shape_area(shape: str, height: int, width: int) -> float:
 
 def _colour_areas(post: torch.Tensor) -> torch.Tensor:
     """[T, N]: pixels on which each bright colour is the majority (posterior > 0.5), the colour-area evidence."""
-    return (post[:, :_N] > 0.5).float().sum((2, 3))
+    mask = (post[:, :_N] > 0.5).float()
+    if _OPENING > 1:  # a morphological opening drops thin bands: the mixed colours along edges (red next to
+        # yellow reads as orange) and between pattern shades, which are no object of that colour
+        k, pad = _OPENING, _OPENING // 2
+        eroded = -F.max_pool2d(F.pad(-mask, (pad, pad, pad, pad), mode="circular"), k, 1)
+        mask = F.max_pool2d(F.pad(eroded, (pad, pad, pad, pad), mode="circular"), k, 1)
+    return mask.sum((2, 3))
 
 
 def _correlate(m_fft: torch.Tensor, kernel_fft: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -326,7 +335,7 @@ def object_presence(frames: torch.Tensor, spec: SceneSpec) -> torch.Tensor:
             return resp, resp - _AREA_WEIGHT * (observed - expected).abs() / unit
 
         own, own_fit = fit(obj.shape)
-        rivals = torch.stack([fit(s)[1] for s in SHAPES if s != obj.shape], 1).amax(1)
+        rivals = torch.stack([fit(s)[1] for s in shape_family(obj.shape) if s != obj.shape], 1).amax(1)
         columns.append((own >= _PRESENT_MIN) & (own_fit >= rivals))
     return torch.stack(columns, 1)
 

@@ -35,6 +35,7 @@ from echo_core.model.wan import CausalWanModel, block_causal_mask
 from echo_core.toy.codec import ToyCodec
 from echo_core.toy.data import (
     DETAILS,
+    MODE_KINDS,
     Openings,
     fit_frames,
     object_mask,
@@ -43,6 +44,7 @@ from echo_core.toy.data import (
     sample_batch,
     shape_spec,
 )
+from echo_core.toy.grammar import WORLDS, world_spec
 from echo_core.toy.loader import SAMPLER
 from echo_core.toy.sampling import ToySamplerConfig
 from echo_core.toy.seqforward import window_forward, window_mask
@@ -91,6 +93,10 @@ class TrainConfig:
     # Curriculum: the first steps train only scene openings of one still object on a plain background (twice as
     # many), where the shape word is the one thing left to learn; in the full mixture it stays unread (MODEL_CARD).
     shape_warmup: int = 0
+    # The defaults stay the shipped weights' recipe (world v1, Echo's layouts in the data) until weights of world
+    # v2 ship; the training-free model is `--world v2 --data-mode self_forcing` (MODEL_CARD.md).
+    world: str = "v1"  # grammar.WORLDS: v2's shapes differ at token scale, v1's by a few corner pixels
+    data_mode: str = "layouts"  # data.MODE_KINDS: "layouts" (Echo's cache layouts too) or "self_forcing"
 
 
 def save_assets(path: Path, codec: ToyCodec, text: ToyTextEncoder, cfg: TrainConfig) -> None:
@@ -297,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--details", choices=DETAILS, default=TrainConfig.details,
                    help="landmarks: flow matching, landmarks read from the seed noise (default); random: flow "
                         "matching, every detail at random; noise: every detail read from the seed noise")
+    p.add_argument("--world", choices=tuple(WORLDS), default=TrainConfig.world,
+                   help="toy world the data is drawn from: v1 (the shipped weights', default) or v2 "
+                        "(token-scale shapes)")
+    p.add_argument("--data-mode", choices=tuple(MODE_KINDS), default=TrainConfig.data_mode,
+                   help="layouts: also Echo-Forcing's cache layouts (memory frames, RoPE jumps; the shipped weights', "
+                        "default); self_forcing: windows as Self-Forcing trains (no Echo layouts, no position jumps)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (results depend on it slightly: the shipped weights used 2)")
     p.add_argument("--save-every", type=int, default=100)
@@ -306,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.batch < 1:
         sys.exit("error: --steps and --batch must be >= 1")
     recipe = {_field(flag): getattr(args, _field(flag)) for flag, _ in _RECIPE_OPTIONS}
-    cfg = TrainConfig(details=args.details, **recipe)
+    cfg = TrainConfig(details=args.details, world=args.world, data_mode=args.data_mode, **recipe)
     if cfg.object_margin < 0:
         sys.exit(f"error: --object-margin must be >= 0 latent cells, got {cfg.object_margin}")
     if cfg.shape_warmup < 0:
@@ -334,7 +346,7 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    codec = ToyCodec.fit(fit_frames(np.random.default_rng([cfg.seed, 1]), cfg.codec_frames, cfg.size))
+    codec = ToyCodec.fit(fit_frames(np.random.default_rng([cfg.seed, 1]), cfg.codec_frames, cfg.size, cfg.world))
     text = ToyTextEncoder.create(seed=cfg.seed)
     save_assets(out / ASSETS_FILE, codec, text, cfg)
 
@@ -366,12 +378,15 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             group["lr"] = lr_at(step, cfg)
         if step < cfg.shape_warmup:
             loss = opening_loss(model, codec, opening_blocks(rng, 2 * cfg.openings, text, cfg.size, cfg.details,
-                                                             spec_of=shape_spec), cfg.size, cfg, g)
+                                                             spec_of=lambda r: shape_spec(r, cfg.world)),
+                                cfg.size, cfg, g)
             per_kind = {"shape": [float(loss.detach())]}
         else:
-            batch = sample_batch(rng, cfg.batch, codec, text, cfg.size, details=cfg.details)
+            batch = sample_batch(rng, cfg.batch, codec, text, cfg.size, details=cfg.details, world=cfg.world,
+                                 mode=cfg.data_mode)
             loss, per_kind = train_step(model, batch, cfg, g)
-            first = opening_loss(model, codec, opening_blocks(rng, cfg.openings, text, cfg.size, cfg.details),
+            first = opening_loss(model, codec, opening_blocks(rng, cfg.openings, text, cfg.size, cfg.details,
+                                                              spec_of=lambda r: world_spec(r, cfg.world)),
                                  cfg.size, cfg, g)
             per_kind["opening"] = [float(first.detach())]
             loss = loss + first
@@ -408,6 +423,7 @@ def _save(out: Path, model: CausalWanModel, opt: torch.optim.Optimizer, ema: dic
     save_checkpoint(ema, out / DIT_FILE, config=model.cfg,
                     metadata={"echo_forcing.frames_per_chunk": "3", "toy.train_steps": str(step),
                               "toy.sampler": json.dumps(asdict(sampler_for(cfg))),
+                              "toy.world": cfg.world, "toy.data_mode": cfg.data_mode,
                               "toy.train_config": json.dumps(cfg.__dict__)})
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step}, out / STATE_FILE)
 

@@ -20,18 +20,24 @@ import numpy as np
 import torch
 
 from .grammar import (  # noqa: F401  (re-exported: world.py is the toy world's front door)
+    ALL_SHAPES,
     COLOURS,
     MAX_OBJECTS,
     MOTIONS,
     PATTERNS,
     SHAPES,
+    SHAPES_V1,
+    SHAPES_V2,
     VOCAB,
+    WORLDS,
     ObjectSpec,
     SceneSpec,
     describe,
     parse_prompt,
     sample_spec,
+    shape_family,
     smooth_variant,
+    world_shapes,
 )
 
 DARK_SHADE = 0.55  # pattern marks are the background colour scaled by this
@@ -119,7 +125,13 @@ def object_details(spec: SceneSpec, seed: int) -> tuple[ObjectDetails, ...]:
         (x0, y0), (x1, y1) = (_trajectory(o, d, geo, t) for o, d in zip(spec.objects, draw))
         dx = _wrap_delta(x0 - x1, geo.width)
         dy = _wrap_delta(y0 - y1, geo.height)
-        overlap = float((dx.hypot(dy) < 2.2 * geo.radius).float().mean())
+        if all(o.shape in SHAPES_V2 for o in spec.objects):  # boxes of different aspects: test the boxes
+            (ax, ay), (bx, by) = (shape_half_extent(o.shape) for o in spec.objects)
+            near_x = dx.abs() < (ax + bx + 0.2) * geo.radius
+            near_y = dy.abs() < (ay + by + 0.2) * geo.radius
+            overlap = float((near_x & near_y).float().mean())
+        else:
+            overlap = float((dx.hypot(dy) < 2.2 * geo.radius).float().mean())
         if overlap < best_overlap:
             best, best_overlap = tuple(draw), overlap
         if overlap == 0.0:
@@ -154,10 +166,11 @@ def _trajectory(
         return x0, torch.remainder(y0 - v, geo.height)
     if obj.motion == "down":
         return x0, torch.remainder(y0 + v, geo.height)
-    if obj.motion == "bounce":
-        r = geo.radius
-        x = _reflect(x0 + v * det.direction[0], r, geo.width - r)
-        y = _reflect(y0 + v * det.direction[1], r, geo.height - r)
+    if obj.motion == "bounce":  # bounce off the walls where the shape's edge (not its centre) meets them
+        fx, fy = shape_half_extent(obj.shape)
+        rx, ry = fx * geo.radius, fy * geo.radius
+        x = _reflect(x0 + v * det.direction[0], rx, geo.width - rx)
+        y = _reflect(y0 + v * det.direction[1], ry, geo.height - ry)
         return x, y
     return x0, y0
 
@@ -174,8 +187,29 @@ def object_trajectories(
 # ---------------------------------------------------------------------------------------------- shapes
 
 
+# World v2's shapes, as half sizes (x, y) in units of the object radius r (7.2 px at 48 px, where a token of
+# the toy model is 8 px): a dot covers about one token, a block 2x2 tokens, a pillar 1x2, a bar 2x1. They
+# differ in size and aspect at token scale, where world v1's differ by a few corner pixels.
+V2_HALF_SIZES: dict[str, tuple[float, float]] = {
+    "dot": (0.6, 0.6),
+    "block": (1.1, 1.1),
+    "pillar": (0.55, 1.1),
+    "bar": (1.1, 0.55),
+}
+
+
+def shape_half_extent(shape: str) -> tuple[float, float]:
+    """Half width and half height of a shape's bounding box in units of r (world v1 shapes: 1, 1)."""
+    return V2_HALF_SIZES.get(shape, (1.0, 1.0))
+
+
 def shape_sdf(shape: str, dx: torch.Tensor, dy: torch.Tensor, r: float) -> torch.Tensor:
     """Signed distance (pixels, negative inside) to a shape of radius r centred at the origin, y down."""
+    if shape == "dot":
+        return dx.hypot(dy) - V2_HALF_SIZES["dot"][0] * r
+    if shape in V2_HALF_SIZES:  # axis-aligned rectangles
+        hx, hy = V2_HALF_SIZES[shape]
+        return torch.maximum(dx.abs() - hx * r, dy.abs() - hy * r)
     if shape == "circle":
         return dx.hypot(dy) - r
     if shape == "square":
@@ -192,7 +226,7 @@ def shape_sdf(shape: str, dx: torch.Tensor, dy: torch.Tensor, r: float) -> torch
         n = math.hypot(ex, ey)
         side = (dx.abs() * ey - (dy + r) * ex) / n
         return torch.maximum(side, dy - 0.8 * r)
-    raise ValueError(f"shape {shape!r} is not allowed; use one of: {', '.join(SHAPES)}")
+    raise ValueError(f"shape {shape!r} is not allowed; use one of: {', '.join(ALL_SHAPES)}")
 
 
 def coverage(sdf: torch.Tensor) -> torch.Tensor:
