@@ -266,6 +266,8 @@ class Run:
                                                  f"{result.index + 1}; its weights may be corrupted, or the dtype "
                                                  "too narrow for them (try bf16 or fp32)")
                     self.reports.append(result.report)
+                    if i.steering is not None:
+                        i.steering.chunk_done(result.index)
                     yield result
         finally:
             from echo_core.scene_library import pool_snapshot

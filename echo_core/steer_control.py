@@ -161,6 +161,11 @@ class Steering:
             contexts = tuple(self._contexts[s.prompt] for s in tl.scenes)  # type: ignore[union-attr]
             return TimelineUpdate(tl, contexts, self.routing_encoder())  # type: ignore[arg-type]
 
+    def chunk_done(self, index: int) -> None:
+        """Chunk `index` is finished (called by the run as it hands the chunk out): edits now apply at the next."""
+        with self._lock:
+            self._done, self._in_progress = index + 1, False
+
     def routing_encoder(self) -> Any:
         if self.encode_routing is None:
             return None

@@ -142,7 +142,9 @@ class EchoForcingSampler(io.ComfyNode):
         if resolved.latent_space != WAN21:  # lets a matching decode node check what it is given
             latent["echo_latent_space"] = resolved.latent_space
         return io.NodeOutput(latent, json.dumps(report), float(timeline.fps), scenes,
-                             ui={"text": [summary_text(summary)], "echo_report": [summary]})
+                             ui={"text": [summary_text(summary)], "echo_report": [summary],
+                                 "echo_steering": [{"timeline": report["timeline_text"],
+                                                    "edits": report["steering"]}]})
 
 
 def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, sampler, start, steering, node):

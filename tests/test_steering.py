@@ -176,7 +176,7 @@ def test_live_edits_apply_at_the_next_chunk_and_wait_for_appended_scenes(model):
     rep = run.report()
     assert [a["applies_at_chunk"] for a in answers[:3]] == [2, 4, 7]
     assert [(e["action"], e["requested_at_chunk"], e["applied_at_chunk"]) for e in rep["steering"]] == [
-        ("cut", 1, 2), ("edit", 3, 4), ("append", 6, 7), ("stop", 9, 9)]
+        ("cut", 2, 2), ("edit", 4, 4), ("append", 7, 7), ("stop", 9, 9)]  # between chunks: the next one
     assert states[0]["chunk"] == 9 and states[0]["total_chunks"] == 9 and states[0]["scene_index"] == 3
     assert [s["prompt"] for s in rep["scenes"]] == ["a red fox runs", "a green frog jumps", "a blue bird flies",
                                                     "a red fox sleeps"]
