@@ -186,7 +186,7 @@ class Steering:
         if self._script and (chunk >= self._live.total_chunks or self._live.stopped):  # type: ignore[union-attr]
             nxt = self._script[0]
             raise InputError(f"{self.script_label} edit at chunk {nxt.chunk} ({nxt.action}): chunk",
-                             f"the video ended after chunk {chunk} (chunks count from 0); apply it at chunk "
+                             f"the video ended after {chunk} chunks (numbered from 0); apply it at chunk "
                              f"{chunk} or earlier")
 
     def _wait(self, chunk: int) -> None:

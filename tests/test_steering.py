@@ -204,5 +204,5 @@ def test_bad_live_edit_is_refused_and_the_run_goes_on(model):
 
 def test_script_edit_past_the_end_is_an_error(model):
     steering = _steering(model, read_steer_script('{"chunk": 20, "action": "stop"}'))
-    with pytest.raises(InputError, match=r"^steer edit at chunk 20 \(stop\): chunk: the video ended after chunk 8"):
+    with pytest.raises(InputError, match=r"^steer edit at chunk 20 \(stop\): chunk: the video ended after 8 chunks"):
         start_run(model, "echo", _inputs(model, TL, steering)).collect()
