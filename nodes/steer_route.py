@@ -27,6 +27,7 @@ ComfyUI also serves every route under `/api`, which is what the front end's `api
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 from contextlib import contextmanager
@@ -117,7 +118,9 @@ async def handle_steer(request: Any) -> Any:
             params = None
     else:
         params = dict(request.query)
-    status, body = steer_response(request.method, params)
+    # Off the event loop: an accepted edit encodes its prompt (the text encoder) before it answers.
+    loop = asyncio.get_running_loop()
+    status, body = await loop.run_in_executor(None, steer_response, request.method, params)
     return web.json_response(body, status=status)
 
 
