@@ -65,6 +65,9 @@ def _post(server: ComfyServer, body: dict) -> tuple[int, dict]:
 def test_live_steering_through_the_route(comfy_server):
     server = comfy_server
     assert _post(server, {"prompt_id": "nope", "action": "stop"})[0] == 404
+    assert requests.get(server.url + ROUTE, timeout=10).status_code == 400  # no prompt id
+    r = requests.post(server.url + "/api" + ROUTE, data="not json", timeout=10)  # the front end's /api prefix
+    assert r.status_code == 400 and r.json()["error"]["field"] == "body"
     with server.websocket() as ws:
         prompt_id = server.post_prompt(toy_graph(f"{A} [30s]"), client_id=ws.client_id)
         before = _wait_chunk(server, prompt_id, 2)
