@@ -121,6 +121,8 @@ def test_live_steering_through_the_route(comfy_server):
         return float((idx[keep] == want).float().mean())
 
     shares = [share(0, cut_at, 0), share(cut_at, recall_at, 1), share(recall_at, recall_at + 4, 0)]
+    print(f"steered: cut at chunk {cut_at}, recall at chunk {recall_at}, {steered.shape[2] // fpc} chunks; "
+          f"scorer share of frames showing the asked background per scene: {[round(x, 3) for x in shares]}")
     assert min(shares) >= 0.8, shares
 
     # a batch run of the written-back text with the same seed gives the same latents, bit for bit
