@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from echo_core.errors import InputError
-from echo_core.steering import Edit
+from echo_core.steering import AUTO_NEEDS_PROMPT, Edit
 from echo_core.timeline import (
     MarkerSemantics,
     Timeline,
@@ -114,6 +114,8 @@ class LiveTimeline:
         else:  # a new scene right after the current one; the scenes planned after it follow it
             if edit.action == "recall":
                 source = None if edit.scene == "auto" else int(edit.scene) - 1  # type: ignore[arg-type]
+                if source is None and edit.prompt is None:
+                    raise InputError("prompt", AUTO_NEEDS_PROMPT)
                 if source is not None and source > cur:
                     raise InputError("scene", f"scene {source + 1} has not finished; recall one of scenes 1 to "
                                               f"{cur + 1} (or 'auto')")

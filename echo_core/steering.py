@@ -31,6 +31,9 @@ MAX_STEER_BYTES = 1_000_000  # a steering script is a few lines
 # Characters the timeline language gives a meaning: a prompt holding one would not read back as one scene.
 RESERVED = "|;[]"
 
+AUTO_NEEDS_PROMPT = ("an automatic recall ('scene': 'auto') needs the 'prompt' of the scene it enters: routing "
+                     "brings back the finished scene most like it")
+
 _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # action -> (required, optional)
     "append": (("prompt", "seconds"), ("transition",)),
     "edit": (("scene",), ("prompt", "seconds")),
@@ -39,6 +42,10 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # action -> (re
     "recall": (("scene",), ("seconds", "prompt")),
     "stop": ((), ()),
 }
+
+
+class EditRejected(InputError):
+    """A well-formed edit with a value that cannot be used (a front end shows it inline; the run goes on)."""
 
 
 @dataclass(frozen=True)
@@ -80,14 +87,13 @@ def parse_edit(body: Mapping[str, Any], *, scripted: bool = False) -> Edit:
     scene = body.get("scene")
     if scene is not None:
         scene = "auto" if action == "recall" and scene == "auto" else _whole("scene", scene, minimum=1)
-    if action == "recall" and scene == "auto" and prompt is None:
-        raise InputError("prompt", "an automatic recall ('scene': 'auto') needs the prompt of the scene it enters: "
-                                   "routing brings back the finished scene most like it")
+    if scripted and action == "recall" and scene == "auto" and prompt is None:
+        raise InputError("prompt", AUTO_NEEDS_PROMPT)  # a live edit gets this from the timeline (an inline error)
     if action == "edit" and prompt is None and seconds is None:
-        raise InputError("prompt", "edit changes a scene's 'prompt' or 'seconds'; give at least one")
+        raise EditRejected("prompt", "edit changes a scene's 'prompt' or 'seconds'; give at least one")
     transition = body.get("transition")
     if transition is not None and transition not in TRANSITIONS:
-        raise InputError("transition", f"{quote(transition)} is not one of {', '.join(TRANSITIONS)}")
+        raise EditRejected("transition", f"{quote(transition)} is not one of {', '.join(TRANSITIONS)}")
     return Edit(action, prompt, seconds, scene, transition, chunk)
 
 
@@ -102,24 +108,24 @@ def _example(action: str) -> str:
 
 def _whole(name: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(name, f"must be a whole number >= {minimum}, got {quote(value)}")
+        raise EditRejected(name, f"must be a whole number >= {minimum}, got {quote(value)}")
     return value
 
 
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not 0 < value <= MAX_SECONDS:
-        raise InputError("seconds", f"must be a positive number of seconds, at most {MAX_SECONDS:g}, "
+        raise EditRejected("seconds", f"must be a positive number of seconds, at most {MAX_SECONDS:g}, "
                                     f"got {quote(value)}")
     return float(value)
 
 
 def _prompt(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise InputError("prompt", f"must be non-empty text, got {quote(value)}")
+        raise EditRejected("prompt", f"must be non-empty text, got {quote(value)}")
     bad = sorted({c for c in value if c in RESERVED})
     if bad:
-        raise InputError("prompt", f"{quote(value)} holds {' '.join(bad)}: the timeline uses '|', ';', '[' and "
+        raise EditRejected("prompt", f"{quote(value)} holds {' '.join(bad)}: the timeline uses '|', ';', '[' and "
                                    "']' between scenes, subtitles and tags; leave them out of a prompt")
     return " ".join(value.split())
 

@@ -10,8 +10,10 @@ edits are checked by the core (the timeline parser included) and take effect at 
         recall  {"scene": int | "auto", "seconds"?: number, "prompt"?: str (needed with "auto")}
         stop    {}
       -> 200 {"accepted": true, "applies_at_chunk": int, "timeline": text as it now stands}
-         200 {"error": {"message", "field"}}  an edit the run cannot take (the run goes on)
-         400 {"error": ...}  a malformed request;  404 {"error": ...}  no steerable run has that prompt id
+         200 {"error": {"message", "field"}}  an edit the parser or the run refuses: a value that cannot be used
+             (a prompt with '|;[]', seconds <= 0, a scene that has started or not finished, ...); the run goes on
+         400 {"error": ...}  a malformed request (not a JSON object, unknown action or field, a required field
+             missing);  404 {"error": ...}  no steerable run has that prompt id
     GET /echo_forcing/steer?prompt_id=...
       -> 200 {"state": "running"|"waiting"|"done", "chunk": int, "total_chunks": int, "scene_index": int (0-based),
               "timeline": text, "edits": [...]}   or 404
@@ -36,7 +38,7 @@ from typing import Any, Iterator, Mapping
 
 from echo_core.errors import EchoError
 from echo_core.steer_control import Steering
-from echo_core.steering import parse_edit
+from echo_core.steering import EditRejected, parse_edit
 
 from .timeline_route import register_with_host
 
@@ -100,7 +102,9 @@ def steer_response(method: str, params: Any) -> tuple[int, dict[str, Any]]:
         return 200, found.steering.status()
     try:
         edit = parse_edit(params)
-    except EchoError as e:  # a request the contract does not allow
+    except EditRejected as e:  # well-formed, but a value the timeline cannot take: shown inline
+        return 200, _error(str(e), e.field)
+    except EchoError as e:  # a request the contract does not allow (action, fields)
         return 400, _error(str(e), e.field)
     try:
         return 200, found.steering.submit(edit)

@@ -74,7 +74,9 @@ def test_live_steering_through_the_route(comfy_server):
         assert before["state"] == "running" and before["total_chunks"] == 40 and before["scene_index"] == 0
         status, bad = _post(server, {"prompt_id": prompt_id, "action": "cut", "prompt": "a [bad] prompt",
                                      "seconds": 3})
-        assert status == 400 and bad["error"]["field"] == "prompt"
+        assert status == 200 and bad["error"]["field"] == "prompt"  # shown inline, the run goes on
+        status, bad = _post(server, {"prompt_id": prompt_id, "action": "cut", "prompt": B})
+        assert status == 400 and bad["error"]["field"] == "seconds"  # malformed: a required field is missing
         status, bad = _post(server, {"prompt_id": prompt_id, "action": "recall", "scene": 2})
         assert status == 200 and bad["error"]["field"] == "scene"  # the parser refuses it; the run goes on
         status, cut = _post(server, {"prompt_id": prompt_id, "action": "cut", "prompt": B, "seconds": 6})

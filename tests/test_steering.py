@@ -54,7 +54,7 @@ def test_edits_parse_and_bad_fields_are_named():
     assert parse_edit({"action": "recall", "scene": "auto", "prompt": "x"}).scene == "auto"
     cases = [({"action": "jump"}, "action"), ({"action": "cut", "prompt": "x"}, "seconds"),
              ({"action": "cut", "prompt": "a | b", "seconds": 1}, "prompt"),
-             ({"action": "recall", "scene": 0}, "scene"), ({"action": "recall", "scene": "auto"}, "prompt"),
+             ({"action": "recall", "scene": 0}, "scene"),
              ({"action": "edit", "scene": 2}, "prompt"),
              ({"action": "append", "prompt": "x", "seconds": -1}, "seconds"),
              ({"action": "append", "prompt": "x", "seconds": 1, "transition": "wipe"}, "transition"),
@@ -63,6 +63,14 @@ def test_edits_parse_and_bad_fields_are_named():
         with pytest.raises(InputError) as e:
             parse_edit(body)
         assert e.value.field == field, body
+    # an automatic recall needs the prompt it routes by: a script line is refused as written, a live edit inline
+    auto = parse_edit({"action": "recall", "scene": "auto"})
+    with pytest.raises(InputError) as e:
+        parse_edit({"action": "recall", "scene": "auto", "chunk": 3}, scripted=True)
+    assert e.value.field == "prompt"
+    with pytest.raises(InputError) as e:
+        LiveTimeline.from_timeline(parse_timeline(TL)).amend(auto, boundary=2)
+    assert e.value.field == "prompt"
 
 
 def test_script_lines_are_named_in_errors():
