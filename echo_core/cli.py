@@ -23,6 +23,7 @@ from echo_core.run import POLICY_NAMES, PolicyLike, RunInputs, echo_config_for, 
 from echo_core.safetensors_out import write_safetensors
 from echo_core.sampler import SamplerConfig
 from echo_core.scenes_cli import add_scene_flags, add_scenes_parser, scene_options
+from echo_core.steer_cli import add_steer_flag, steering_from_args, write_timeline_text
 from echo_core.text_standin import standin_embedding
 from echo_core.timeline import OFFICIAL_TOTAL_LATENT_FRAMES, Timeline, TimelineError, parse_timeline
 
@@ -67,6 +68,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, required=True, help="output latents (.safetensors)")
     p.add_argument("--report", type=Path, help="per-chunk JSON report")
+    add_steer_flag(p)
     p.add_argument("--max-chunks", type=int, default=None,
                    help=f"refuse longer videos (default ${MAX_CHUNKS_ENV} or {DEFAULT_MAX_CHUNKS:,} chunks)")
     p.add_argument("--no-memory-check", action="store_true",
@@ -207,6 +209,15 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, int | None]:
 
 
 def _timeline(args: argparse.Namespace, fpc: int) -> Timeline:
+    text, flag = _timeline_text(args)
+    try:
+        return parse_timeline(text, frames_per_chunk=fpc, total_latent_frames=args.total_latent_frames)
+    except TimelineError as exc:
+        raise exc.relabel("--total-latent-frames" if exc.field == "total_latent_frames" else flag) from None
+
+
+def _timeline_text(args: argparse.Namespace) -> tuple[str, str]:
+    """The timeline as text and the flag it came from."""
     if args.prompt is not None:
         if "[" in args.prompt or "|" in args.prompt:
             raise CliError("--prompt", "one plain prompt; use --timeline for scenes with [10s] tags and '|'")
@@ -223,10 +234,7 @@ def _timeline(args: argparse.Namespace, fpc: int) -> Timeline:
             raise CliError(flag, f"{quote(str(args.timeline_file))} is empty; its first line must be a timeline, "
                                  "e.g. 'a cat[10s] | a dog[8s#]'")
         text = lines[0].strip()
-    try:
-        return parse_timeline(text, frames_per_chunk=fpc, total_latent_frames=args.total_latent_frames)
-    except TimelineError as exc:
-        raise exc.relabel("--total-latent-frames" if exc.field == "total_latent_frames" else flag) from None
+    return text, flag
 
 
 def _contexts(args: argparse.Namespace, timeline: Timeline, cfg: Any) -> list[torch.Tensor]:
@@ -312,6 +320,8 @@ def _routing_features(args: argparse.Namespace, contexts: Sequence[torch.Tensor]
 
 def _flag(field: str, args: argparse.Namespace) -> str:
     """The command-line flag for a field named by the core."""
+    if field.startswith("--"):
+        return field  # already a flag (--steer's errors name the line or the edit)
     text_flag = "--prompt" if args.prompt is not None else ("--timeline" if args.timeline is not None
                                                               else "--timeline-file")
     if field.startswith("memory.") and args.memory_config is None:
@@ -356,11 +366,15 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError("--steps", _one_line(exc)) from None
     contexts = _contexts(args, timeline, cfg)
     scenes = scene_options(args, timeline)  # saved scenes loaded, save folder checked: before the run
+    routing = _routing_features(args, contexts, cfg)
+    encode = (lambda prompts: [standin_embedding(p, cfg.text_dim, cfg.text_len) for p in prompts]) \
+        if args.preset else None  # precomputed embeddings (--text-embeds) cannot encode a steered prompt
+    steering = steering_from_args(args, _timeline_text(args)[0], encode, routing if callable(routing) else None)
     try:
         inputs = RunInputs(timeline, tuple(contexts), (cfg.in_dim, height // 8, width // 8), seed=args.seed,
                            sampler=sampler_cfg, patch=tuple(cfg.patch_size[1:]),
-                           routing_features=_routing_features(args, contexts, cfg), device=args.device,
-                           max_chunks=args.max_chunks, saved_scenes=scenes.scenes)
+                           routing_features=routing, device=args.device,
+                           max_chunks=args.max_chunks, saved_scenes=scenes.scenes, steering=steering)
         run = start_run(model, policy, inputs, check_memory=not args.no_memory_check)
     except EchoError as e:
         raise e.relabel(_flag(e.field, args)) from None
@@ -368,7 +382,7 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for res in run:
             latents.append(res.latents.cpu())
-            print(f"chunk {res.index + 1}/{timeline.total_chunks} scene {res.report['scene'] + 1} "
+            print(f"chunk {res.index + 1}/{run.timeline.total_chunks} scene {res.report['scene'] + 1} "
                   f"{res.report['wall_s']:.2f}s cache {res.report['cache_tokens']} tokens", file=sys.stderr)
     except EchoError as e:
         raise e.relabel(_flag(e.field, args)) from None
@@ -376,6 +390,7 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
         run.close()
     video = torch.cat(latents, dim=2)
     report = run.report()
+    timeline = run.timeline  # as generated (steering may have amended it)
     summary = {"out": str(args.out), "latent_shape": list(video.shape), "chunks": len(latents),
                "timeline": timeline.to_dict(), "memory": report["policy"], "kv_dtype": run.kv_dtype,
                "seed": args.seed,
@@ -383,6 +398,10 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
                "saved_scenes": scenes.save(run)}
     report_text = json.dumps(summary, indent=1, default=str) if args.report else None
     _save_latents(args.out, video, timeline, args)
+    if steering is not None:
+        summary["steering"], summary["timeline_text"] = report["steering"], report["timeline_text"]
+        summary["timeline_file"] = write_timeline_text(args.out, report["timeline_text"])
+        report_text = json.dumps(summary, indent=1, default=str) if args.report else None
     if report_text is not None:
         _write_atomic("--report", args.report, report_text)
     return summary

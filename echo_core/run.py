@@ -41,6 +41,7 @@ from echo_core.timeline import Timeline, TransitionMode
 
 if TYPE_CHECKING:
     from echo_core.scene_library import SavedScene
+    from echo_core.steer_control import Steering, TimelineUpdate
 
 POLICY_NAMES = ("echo", "rolling", "full", "flush")
 ROLLING_SINK_FRAMES = 1  # Self-Forcing's rolling window as the official code configures it (sink_size 1, §2.7)
@@ -85,6 +86,7 @@ class RunInputs:
     spatial_compression: int = 8  # pixels per latent cell (for the messages of the memory check)
     max_chunks: int | None = None  # None: preflight.max_chunks() ($ECHO_FORCING_MAX_CHUNKS or 20,000)
     saved_scenes: tuple["SavedScene", ...] = ()  # scene library scenes for `@name` and routing (scene_library)
+    steering: "Steering | None" = None  # edits to the future timeline between chunks (echo_core.steer_control)
 
     def __post_init__(self) -> None:
         from echo_core.preflight import finite
@@ -265,6 +267,10 @@ class Run:
         self.kv_dtype = kv_dtype_of_policy(policy, self.cache)
         self.reports: list[dict[str, Any]] = []
         self.need: Any = None  # preflight.MemoryNeed, set by start_run
+        self.timeline = inputs.timeline  # as it now stands (steering amends the future)
+        self._routing_features = inputs.routing_features
+        if inputs.steering is not None:
+            inputs.steering.bind(inputs.timeline, inputs.contexts, self._check_amended)
         self._finished_pool: list[Any] | None = None
         self._stream = self._generate(noise, on_step, on_x0, on_layer)
 
@@ -272,23 +278,56 @@ class Run:
                   on_layer: LayerHook | None) -> Iterator[ChunkResult]:
         i = self.inputs
         contexts = [c.to(i.device) for c in i.contexts]
+        plan_at = None if i.steering is None else self._at_boundary
         try:
             with torch.no_grad():
                 for result in generate(self.model, self.cache, contexts, ScenePlan.from_timeline(i.timeline),
                                        latent_shape=i.latent_shape, seed=i.seed, config=i.sampler, patch=i.patch,
                                        start_latents=i.start_latents, device=i.device, on_step=on_step,
-                                       on_x0=on_x0, noise=noise, on_layer=on_layer):
+                                       on_x0=on_x0, noise=noise, on_layer=on_layer, plan_at=plan_at):
                     if not bool(torch.isfinite(result.latents).all()):
                         raise SpecError("model", f"the model produced NaN or infinite values in chunk "
                                                  f"{result.index + 1}; its weights may be corrupted, or the dtype "
                                                  "too narrow for them (try bf16 or fp32)")
                     self.reports.append(result.report)
+                    if i.steering is not None:
+                        i.steering.chunk_done(result.index)
                     yield result
         finally:
             from echo_core.scene_library import pool_snapshot
 
             self._finished_pool = pool_snapshot(self.cache)  # the run's scenes outlive the cache (saved_scenes)
             self.cache.release()
+            if i.steering is not None:
+                i.steering.finish()
+
+    # ------------------------------------------------------------------------------------------ steering
+    def _check_amended(self, timeline: Timeline) -> None:
+        """Refuse an amended timeline this run cannot follow (called by the steering when an edit arrives)."""
+        from echo_core import preflight as pf
+
+        pf.check_chunks(timeline.total_chunks, timeline.frames_per_chunk, self.inputs.max_chunks, fps=timeline.fps)
+        config = getattr(self.cache, "config", None)
+        if isinstance(config, EchoConfig):
+            pf.check_recalls(timeline, config)
+            self._router_for(timeline, config)
+
+    def _router_for(self, timeline: Timeline, config: EchoConfig) -> RecallRouter | None:
+        steering = self.inputs.steering
+        features = (steering.routing_encoder() if steering is not None else None) or self._routing_features
+        if features is not None and not callable(features) and len(features) != len(timeline.scenes):
+            features = None  # per-scene embeddings of the old scenes: the new ones have none
+        return build_router(timeline, config.routing, features, self.inputs.saved_scenes)
+
+    def _at_boundary(self, chunk: int) -> "tuple[ScenePlan, list[torch.Tensor]] | None":
+        update: TimelineUpdate | None = self.inputs.steering.at_boundary(chunk)  # type: ignore[union-attr]
+        if update is None:
+            return None
+        self.timeline = update.timeline
+        config = getattr(self.cache, "config", None)
+        if isinstance(config, EchoConfig) and hasattr(self.cache, "router"):
+            self.cache.router = self._router_for(update.timeline, config)  # the pool sees the new prompts
+        return ScenePlan.from_timeline(update.timeline), [c.to(self.inputs.device) for c in update.contexts]
 
     def __iter__(self) -> Iterator[ChunkResult]:
         return self._stream
@@ -300,7 +339,10 @@ class Run:
         self._stream.close()
 
     def report(self) -> dict[str, Any]:
-        return memory_report(self.reports, self.inputs.timeline, self.policy, self.need)
+        report = memory_report(self.reports, self.timeline, self.policy, self.need)
+        if self.inputs.steering is not None:
+            report.update(self.inputs.steering.report())
+        return report
 
     def finished_pool(self) -> list[Any]:
         """The run's own scenes left in its pool (echo_core.cache.echo.recall.PoolEntry), once the stream ended."""

@@ -23,6 +23,8 @@ NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 StepHook = Callable[[int, int], None]  # (chunk, step) before every model call; interrupt hooks raise there
 LayerHook = Callable[[int, int, int], None]  # (chunk, step, layer) before every layer of a causal Wan forward
 X0Hook = Callable[[int, int, torch.Tensor], None]  # (chunk, step, x0) after every denoising step
+# Before every chunk (and once after the last): None, or (the plan from now on, one text embedding per scene)
+PlanHook = Callable[[int], "tuple[ScenePlan, Sequence[torch.Tensor]] | None"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
              patch: tuple[int, int] = (2, 2), start_latents: torch.Tensor | None = None,
              device: torch.device | str = "cpu", batch: int = 1, on_step: StepHook | None = None,
              on_x0: X0Hook | None = None, noise: NoiseSource | None = None,
-             on_layer: LayerHook | None = None) -> Iterator[ChunkResult]:
+             on_layer: LayerHook | None = None, plan_at: PlanHook | None = None) -> Iterator[ChunkResult]:
     """Yield each finished chunk of a video with `plan.total_chunks` chunks.
 
     contexts: one text embedding per scene ([L, text_dim] or [1, L, text_dim]). latent_shape: (C, H, W) of a latent
@@ -129,7 +131,9 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
     on_x0(chunk, step, x0) after every denoising step; on_layer(chunk, step, layer) before every layer of the model
     (models built on echo_core.model.wan's causal forward), so an interrupt answers within one layer. noise(shape)
     returns each draw of noise in order (default: a CPU generator seeded with `seed`), so a run can be replayed on
-    another implementation's noise.
+    another implementation's noise. plan_at(chunk), called before every chunk and once after the last, may return
+    a new plan and text embeddings (steering: only scenes from `chunk` on may differ); the run ends when `chunk`
+    reaches the plan's total.
     """
     if len(contexts) != len(plan.scene_starts):
         raise ValueError(f"got {len(contexts)} text embeddings for {len(plan.scene_starts)} scenes")
@@ -143,11 +147,12 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
         def noise(shape: tuple[int, ...]) -> torch.Tensor:
             return torch.randn(shape, generator=gen)
     texts: dict[int, Any] = {}
+    live = list(contexts)  # replaced by plan_at when the timeline is amended
 
     def text_of(scene: int) -> Any:
         if scene not in texts:  # cross-attention K/V are made once per prompt, when the scene starts
             texts.clear()
-            context = contexts[scene].to(device)
+            context = live[scene].to(device)
             # The empty prompt for guidance: zero rows, as a padded text embedding with no words in it.
             texts[scene] = (model.encode_text(context),
                             model.encode_text(torch.zeros_like(context)) if config.guidance != 1 else None)
@@ -181,7 +186,14 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
             cache.end_chunk()
         frame = start_latents.shape[2]
 
-    for chunk in range(plan.total_chunks):
+    chunk = 0
+    while True:
+        if plan_at is not None:
+            update = plan_at(chunk)
+            if update is not None:
+                plan, live[:] = update[0], list(update[1])
+        if chunk >= plan.total_chunks:
+            break
         scene = plan.scene_of(chunk)
         starts = plan.scene_starts
         opens = chunk == starts[scene] and scene > 0
@@ -217,6 +229,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
         report.update(chunk=chunk, scene=scene, start_frame=frame, wall_s=time.perf_counter() - t0)
         yield ChunkResult(chunk, x0, info, report)
         frame += fpc
+        chunk += 1
 
 
 def _draw(noise: NoiseSource, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:

@@ -460,7 +460,7 @@ def export_run_scenes(run: Any, names: Mapping[int, str] | None = None) -> list[
     """Saved scenes of a finished run (`echo_core.run.Run`), one per finished timeline scene in its pool, in scene
     order. `names`: 0-based scene index -> name, choosing the scenes (default: all, named 'scene-N')."""
     entries = run.finished_pool()
-    inputs, timeline = run.inputs, run.inputs.timeline
+    inputs, timeline = run.inputs, run.timeline
     by_index = {e.scene_index: e for e in entries}
     chosen = dict(names) if names is not None else {i: f"scene-{i + 1}" for i in sorted(by_index)}
     missing = [i for i in chosen if i not in by_index]
@@ -504,7 +504,7 @@ def _routing_features(run: Any) -> tuple[torch.Tensor | None, str, str | None]:
     from echo_core.routing import pooled_embedding
 
     router = getattr(run.cache, "router", None)
-    n = len(run.inputs.timeline.scenes)
+    n = len(run.timeline.scenes)
     if router is not None and router.method == "similarity":
         return router.features[:n].detach().to("cpu", torch.float32).clone(), "router", "similarity"
     feats = torch.stack([pooled_embedding(c) for c in run.inputs.contexts])

@@ -53,6 +53,10 @@ class TimelineSpec:
     total_latent_frames: int | None = OFFICIAL_TOTAL_LATENT_FRAMES
     script: TimelineScript | None = None  # filled in by __post_init__; kept by dataclasses.replace
     saved_scenes: tuple[Any, ...] = ()  # scene_library.SavedScene for `@name` / routing (Load Scene Memory)
+    # The text encoder that made `contexts` (and the routing one): steering encodes new prompts with them.
+    encode: Callable[[Sequence[str]], Sequence[torch.Tensor]] | None = None
+    encode_routing: Callable[[Sequence[str]], Sequence[torch.Tensor]] | None = None
+    node_id: str | None = None  # the Prompt Timeline node that made it (the front end writes steered text there)
 
     def __post_init__(self) -> None:
         if self.default_mode not in TRANSITION_MODES:
@@ -90,6 +94,13 @@ class TimelineSpec:
     def with_routing(self, routing: RoutingConfig) -> "TimelineSpec":
         return replace(self, routing=routing)
 
+    def steering(self, **kwargs: Any) -> Any:
+        """A Steering for a run of this timeline: new prompts encoded by the encoder that made it."""
+        from echo_core.steer_control import Steering
+
+        return Steering(encode=self.encode, encode_routing=self.encode_routing, text=self.text,
+                        default_mode=self.default_mode, **kwargs)
+
 
 def encode_timeline(text: str, fps: float, default_mode: str,
                     encode: Callable[[Sequence[str]], Sequence[torch.Tensor]],
@@ -105,7 +116,8 @@ def encode_timeline(text: str, fps: float, default_mode: str,
     if timeline.opening is not None or any(t.mode.value == "recall" for t in timeline.transitions):
         routing = tuple(_as_context(c, i) for i, c in enumerate((encode_routing or encode)(
             filter_common_tokens(prompts))))
-    return replace(spec, contexts=contexts, routing_contexts=routing)
+    return replace(spec, contexts=contexts, routing_contexts=routing, encode=lambda ps: [
+        _as_context(c, i) for i, c in enumerate(encode(list(ps)))], encode_routing=encode_routing or encode)
 
 
 def _as_context(c: torch.Tensor, i: int) -> torch.Tensor:
@@ -265,12 +277,13 @@ class RunPlan:
         return self.timeline.total_chunks
 
     def inputs(self, spec: TimelineSpec, *, seed: int, sampler: SamplerConfig,
-               start_latents: torch.Tensor | None = None, device: torch.device | str = "cpu") -> RunInputs:
-        """The run's inputs for `echo_core.run.start_run`."""
+               start_latents: torch.Tensor | None = None, device: torch.device | str = "cpu",
+               steering: Any = None) -> RunInputs:
+        """The run's inputs for `echo_core.run.start_run` (`steering`: an echo_core.steer_control.Steering)."""
         return RunInputs(self.timeline, tuple(spec.contexts), self.latent_shape, seed=seed, sampler=sampler,
                          patch=self.patch, routing_features=spec.routing_contexts or None,
                          start_latents=start_latents, device=device, spatial_compression=self.spatial_compression,
-                         saved_scenes=spec.saved_scenes)
+                         saved_scenes=spec.saved_scenes, steering=steering)
 
 
 def plan_run(timeline: TimelineSpec, cfg: WanConfig, frames_per_chunk: int, height: int, width: int,

@@ -10,15 +10,18 @@ is interrupted.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import torch
 from comfy_api.latest import io
 
 from echo_core.errors import EchoError
+from echo_core.model.attention_backend import BACKENDS, check_name
 from echo_core.run import start_run
 from echo_core.session import MemorySpec, TimelineSpec, plan_run
+from echo_core.steer_control import MAX_WAIT_SECONDS, WHEN_ENDS
 
-from . import checks, types
+from . import checks, steer_route, types
 from ._host import (
     AUTO,
     WAN21,
@@ -75,7 +78,16 @@ class EchoForcingSampler(io.ComfyNode):
                 io.Combo.Input("frames_per_chunk", options=FRAMES, default="auto", optional=True,
                                tooltip="auto: what Load AR Video Model chose, or 3 for a stock MODEL. Frame-wise "
                                        "models (e.g. causal_forcing-framewise via Load Diffusion Model) need 1."),
+                io.Combo.Input("when_timeline_ends", options=list(WHEN_ENDS), default="stop", optional=True,
+                               tooltip="stop: the run ends with the timeline. wait: it waits (up to wait_seconds) "
+                                       "for scenes added by live steering, then goes on."),
+                io.Float.Input("wait_seconds", default=60.0, min=0.0, max=MAX_WAIT_SECONDS, step=1.0, optional=True,
+                               tooltip="How long a run set to wait waits for another scene after the last one."),
+                io.Combo.Input("attention", options=list(BACKENDS), default="auto", optional=True,
+                               tooltip="Self-attention kernel: auto (flash_attn when installed and the inputs fit, "
+                                       "else PyTorch SDPA), sdpa, sage or flash (an error when it cannot run)."),
             ],
+            hidden=[io.Hidden.unique_id],
             outputs=[
                 io.Latent.Output(display_name="latent",
                                  tooltip="The video latent (start frames included): VAE Decode for Wan, Echo Toy "
@@ -90,13 +102,19 @@ class EchoForcingSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames_per_chunk: str = "auto") -> bool | str:
+    def validate_inputs(cls, frames_per_chunk: str = "auto", when_timeline_ends: str = "stop",
+                        attention: str = "auto") -> bool | str:
+        for name, value, options in (("when_timeline_ends", when_timeline_ends, WHEN_ENDS),
+                                     ("attention", attention, BACKENDS)):
+            if value not in options:
+                return f"{name}: {value!r} is not one of {', '.join(options)}"
         return checks.validation_message(checks.frames_per_chunk, frames_per_chunk, FRAMES, 3)
 
     @classmethod
     def execute(cls, model, timeline: TimelineSpec, seed: int, width: int, height: int, steps: int,
                 memory: MemorySpec | None = None, start_latent: dict | None = None,
-                frames_per_chunk: str = "auto") -> io.NodeOutput:
+                frames_per_chunk: str = "auto", when_timeline_ends: str = "stop", wait_seconds: float = 60.0,
+                attention: str = "auto") -> io.NodeOutput:
         if not isinstance(timeline, TimelineSpec):
             raise NodeInputError("timeline", f"expected a Prompt Timeline output, got {type(timeline).__name__}")
         resolved = resolve_model(model)
@@ -104,17 +122,19 @@ class EchoForcingSampler(io.ComfyNode):
         height, width = run_size(resolved, width, height)
         try:
             plan = plan_run(timeline, resolved.config, fpc, height, width, resolved.spatial_compression)
-            sampler = run_sampler(resolved, steps, fpc)
+            sampler = replace(run_sampler(resolved, steps, fpc), attention=check_name(attention))
+            steering = timeline.steering(when_ends=when_timeline_ends, wait_seconds=wait_seconds)
         except EchoError as e:
             raise checks.node_error(e) from None
         start = _start_latents(start_latent, plan.latent_shape, resolved.latent_space, resolved.spatial_compression)
+        node = getattr(getattr(cls, "hidden", None), "unique_id", None)
         with torch.inference_mode():  # as ComfyUI's executor does; also covers direct calls (tests, scripts)
-            chunks, report, scenes, device = _generate(resolved, timeline, memory or MemorySpec(), plan, seed,
-                                                       sampler, start)
+            chunks, report, scenes, device, final = _generate(resolved, timeline, memory or MemorySpec(), plan,
+                                                              seed, sampler, start, steering, node)
         video = torch.cat(([start.cpu()] if start is not None else []) + chunks, dim=2)
         report["latent_shape"] = list(video.shape)
         report["start_frames"] = 0 if start is None else int(start.shape[2])
-        summary = run_summary(report, plan.timeline, device=str(device), size=(height, width),
+        summary = run_summary(report, final, device=str(device), size=(height, width),
                               steps=len(sampler.denoising_steps), fps=timeline.fps)
         report["summary"] = summary
         samples = to_vae_space(video, resolved.latent_space)
@@ -122,33 +142,44 @@ class EchoForcingSampler(io.ComfyNode):
         if resolved.latent_space != WAN21:  # lets a matching decode node check what it is given
             latent["echo_latent_space"] = resolved.latent_space
         return io.NodeOutput(latent, json.dumps(report), float(timeline.fps), scenes,
-                             ui={"text": [summary_text(summary)], "echo_report": [summary]})
+                             ui={"text": [summary_text(summary)], "echo_report": [summary],
+                                 "echo_steering": [{"timeline": report["timeline_text"],
+                                                    "edits": report["steering"]}]})
 
 
-def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, sampler, start):
+def _generate(resolved, timeline: TimelineSpec, memory: MemorySpec, plan, seed, sampler, start, steering, node):
     device = load_to_device(resolved.patcher)
     progress = ChunkProgress(plan.total_chunks, resolved.latent_space)
+    steering.on_wait = progress.check_interrupt  # a run waiting for scenes still answers Cancel
+    prompt_id, context_node = steer_route.executing_ids()
+    node = node if node is not None else context_node
+    steered = steer_route.SteeredRun(steering, None if node is None else str(node), timeline.node_id)
     chunks = []
     try:
         inputs = plan.inputs(timeline, seed=seed, sampler=sampler, device=device,
-                             start_latents=None if start is None else start.to(device))
+                             start_latents=None if start is None else start.to(device), steering=steering)
         run = start_run(resolved.model, memory.policy_for(plan.frames_per_chunk, timeline.routing), inputs,
                         on_step=progress.check_interrupt, on_layer=lambda *_: progress.check_interrupt())
     except EchoError as e:
         raise checks.node_error(e) from None
     try:
-        for result in run:
-            chunks.append(result.latents.cpu())
-            progress.tick(len(chunks), result.latents)
+        with steer_route.registered(prompt_id, steered):  # steerable through the route while it runs
+            for result in run:
+                chunks.append(result.latents.cpu())
+                progress.total = run.timeline.total_chunks  # steering may have lengthened or cut it
+                progress.tick(len(chunks), result.latents)
+                steer_route.send(steer_route.PROGRESS, steer_route.progress_message(prompt_id, steered))
     except EchoError as e:
         raise checks.node_error(e) from None
     finally:
         run.close()  # frees the cache even when an interrupt or error left the loop early
         free_memory()
     report = run.report()
+    steer_route.send(steer_route.FINAL, steer_route.final_message(prompt_id, steered))
     scenes = run_scenes(run)  # the run's finished scenes (recall frames) for Save Scene Memory
+    final = run.timeline
     del run
-    return chunks, report, scenes, device
+    return chunks, report, scenes, device, final
 
 
 def _start_latents(latent: dict | None, shape: tuple[int, int, int], space: str,

@@ -7,7 +7,7 @@ type wan - or an echo text encoder), and how recall segments find their scene.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from comfy_api.latest import io
 
@@ -49,6 +49,7 @@ class PromptTimeline(io.ComfyNode):
             outputs=[types.Timeline.Output(display_name="timeline",
                                            tooltip="The parsed scenes with one text embedding each: into Recall "
                                                    "Scene or straight into the Echo-Forcing Sampler.")],
+            hidden=[io.Hidden.unique_id],  # the sampler names this node when it sends the steered text back
         )
 
     @classmethod
@@ -70,6 +71,8 @@ class PromptTimeline(io.ComfyNode):
                                    lambda prompts: encode_prompts(clip, prompts, strict=False))
         except EchoError as e:
             raise NodeInputError(e.field, e.detail) from None
+        node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
+        spec = replace(spec, node_id=None if node_id is None else str(node_id))
         parsed = spec.parse()
         summary = [f"{s.index + 1}. {s.prompt} [{s.num_chunks} chunks]" for s in parsed.scenes]
         return io.NodeOutput(spec, ui={"text": ["\n".join(summary)]})

@@ -81,7 +81,8 @@ def test_object_info_lists_the_six_nodes(server):
         assert info[node_id]["category"] == "Echo-Forcing"
     sampler = info["EchoForcingSampler"]
     assert set(sampler["input"]["required"]) == {"model", "timeline", "seed", "width", "height", "steps"}
-    assert set(sampler["input"]["optional"]) == {"memory", "start_latent", "frames_per_chunk"}
+    assert set(sampler["input"]["optional"]) == {"memory", "start_latent", "frames_per_chunk", "when_timeline_ends",
+                                                 "wait_seconds", "attention"}
     assert sampler["input"]["required"]["model"][0] == "ECHO_AR_MODEL,MODEL"
     assert sampler["output"] == ["LATENT", "STRING", "FLOAT", "ECHO_SCENES"]
     assert sampler["output_name"] == ["latent", "memory_report", "fps", "scenes"]

@@ -52,6 +52,11 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--scale", type=int, default=4, help="pixel upscaling of the written video (default 4)")
     p.add_argument("--weights", type=Path, default=None, help="toy weights folder (default: bundled)")
     p.add_argument("--report", type=Path, default=None, help="write the full memory report as JSON here")
+    p.add_argument("--latents", type=Path, default=None,
+                   help="also save the demo's latents [1, C, F, H, W] here (.safetensors), e.g. to compare runs")
+    from echo_core.steer_cli import add_steer_flag
+
+    add_steer_flag(p)  # --steer FILE: timed edits; writes <out>.timeline.txt
     p.add_argument("--sequel", action="store_true",
                    help="render the second demo timeline, which opens on the first demo's saved scene 1 (needs "
                         "--scene-library with the scenes `demo --save-scenes` wrote)")
@@ -111,14 +116,22 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                                                          for i in range(args.steps)))
     policy = args.memory
     memory = MemorySpec(policy=policy)
+    from echo_core.steer_cli import steering_from_args
+
+    steering = steering_from_args(args, args.timeline, spec.encode, spec.encode_routing)
+    if steering is not None and (scenes.scenes or scenes.save_dir is not None):
+        raise InputError("--steer", "cannot be combined with the scene library flags yet; steer a plain demo run")
+    if args.latents is not None and args.latents.suffix != ".safetensors":
+        raise InputError("--latents", f"must end in .safetensors, got {args.latents.name!r}")
     if scenes.scenes or scenes.save_dir is not None:  # routing with saved scenes needs the encoder itself
         from echo_core.toy.scenes import start_toy_scene_run
 
         run = start_toy_scene_run(bundle, args.timeline, saved=scenes.scenes, policy=memory, seed=args.seed,
                                   sampler=sampler)
     else:
-        run = start_toy_run(bundle, spec, policy=memory, seed=args.seed, sampler=sampler)
+        run = start_toy_run(bundle, spec, policy=memory, seed=args.seed, sampler=sampler, steering=steering)
     timeline = run.timeline
+    latents = []
     sheet_path = args.sheet or args.out.with_suffix(".png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.stem + ".partial.mp4")
@@ -135,17 +148,32 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                 for frame in _upscale(chunk.frames, args.scale):
                     writer.append_data(frame)
                 sheet.add(chunk.result.index, chunk.frames[-1])
+                if args.latents is not None:
+                    latents.append(chunk.result.latents.cpu())
                 r = chunk.result.report
-                print(f"chunk {chunk.result.index + 1}/{timeline.total_chunks} scene {r['scene'] + 1} "
+                print(f"chunk {chunk.result.index + 1}/{run.timeline.total_chunks} scene {r['scene'] + 1} "
                       f"{r['wall_s']:.2f}s cache {r.get('cache_tokens', 0)} tokens", file=sys.stderr)
     finally:
         run.close()
         writer.close()
     partial.replace(args.out)  # never leave a half-written video under the requested name
+    timeline = sheet.timeline = run.timeline  # as generated
     sheet.save(sheet_path)
+    extra: dict[str, Any] = {}
+    if args.latents is not None:
+        from echo_core.safetensors_out import write_safetensors
+
+        args.latents.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors(args.latents, {"latents": torch.cat(latents, dim=2)}, {"seed": str(args.seed)})
+        extra["latents"] = str(args.latents)
     wall = time.perf_counter() - t0
     report = run.report()
     report["total_wall_s"] = round(wall, 2)
+    if steering is not None:
+        from echo_core.steer_cli import write_timeline_text
+
+        extra["timeline_file"] = write_timeline_text(args.out, report["timeline_text"])
+        extra["steering"] = report["steering"]
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=1))
     print_memory_summary(report, timeline)
@@ -154,7 +182,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  saved scene: {path}", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "sheet": str(sheet_path), "frames": timeline.video_frames,
                       "seconds": round(timeline.video_frames / bundle.fps, 2), "memory": policy,
-                      "wall_s": round(wall, 1), **({"saved_scenes": saved} if saved else {})}))
+                      "wall_s": round(wall, 1), **({"saved_scenes": saved} if saved else {}), **extra}))
     return report
 
 

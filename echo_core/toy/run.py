@@ -55,7 +55,7 @@ class ToyRun:
 
     @property
     def timeline(self) -> Timeline:
-        return self.plan.timeline
+        return self.run.timeline  # as it now stands (steering amends the future)
 
     def __iter__(self) -> Iterator[StreamedChunk]:
         decoder = self.bundle.stream_decoder()
@@ -73,13 +73,13 @@ class ToyRun:
 
 
 def start_toy_run(bundle: ToyBundle, spec: TimelineSpec, *, policy: PolicyLike | MemorySpec = "echo", seed: int = 0,
-                  sampler: SamplerConfig | None = None, noise: Any = None) -> ToyRun:
+                  sampler: SamplerConfig | None = None, noise: Any = None, steering: Any = None) -> ToyRun:
     """Open a run of `spec` on the toy model (nothing is generated until it is iterated)."""
     plan = plan_run(spec, bundle.model.cfg, bundle.frames_per_chunk, bundle.height, bundle.width,
                     spatial_compression=PATCH)
     if isinstance(policy, MemorySpec):
         policy = policy.policy_for(bundle.frames_per_chunk, spec.routing)
-    inputs = plan.inputs(spec, seed=seed, sampler=sampler or bundle.sampler_config)
+    inputs = plan.inputs(spec, seed=seed, sampler=sampler or bundle.sampler_config, steering=steering)
     return ToyRun(bundle, plan, start_run(bundle.model, policy, inputs, noise=noise))
 
 
