@@ -114,8 +114,11 @@ export function buildSteerPanel(send) {
     if (a === "now") {
       const how = now.how.value;
       if (how.startsWith("recall")) {
-        const scene = how === "recall:auto" ? "auto" : Number(how.split(":")[1]);
-        return ["recall", now.seconds.value.trim() ? { scene, seconds: +checkSeconds(now.seconds.value) } : { scene }];
+        // Automatic routing finds the earlier scene by the prompt of the scene to come, so it needs one.
+        const fields = how === "recall:auto" ? { scene: "auto", prompt: checkPrompt(now.prompt.value) }
+          : { scene: Number(how.split(":")[1]) };
+        if (now.seconds.value.trim()) fields.seconds = +checkSeconds(now.seconds.value);
+        return ["recall", fields];
       }
       return [how, { prompt: checkPrompt(now.prompt.value), seconds: +checkSeconds(now.seconds.value) }];
     }
@@ -148,6 +151,7 @@ export function buildSteerPanel(send) {
 
   const update = (run, sceneCount) => {
     const started = (run.scene_index ?? 0) + 1; // scenes 1..started have begun
+    // `chunk` counts the chunks finished, so the one being generated is chunk + 1
     status.textContent = run.chunk == null ? "waiting for the first chunk"
       : `scene ${started} of ${sceneCount} \u00b7 chunk ${Math.min(run.chunk + 1, run.total_chunks)} / ` +
         `${run.total_chunks}`;
