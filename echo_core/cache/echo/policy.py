@@ -314,6 +314,8 @@ class EchoCache(CachePolicy):
             "layout": [slot_label(i) for i in slots], "tokens": region_tokens(slots, s),
             "cache_frames": len(slots), "cache_tokens": len(slots) * s,
             "budget_tokens": self.mem.window_frames * s, "cache_bytes": self.nbytes(),
+            # by place: the compute device (storage, context memo, staging) and the offloaded host storage
+            "gpu_bytes": (placed := self.nbytes_by_place())[GPU], "host_bytes": placed[HOST],
             "rope_t": region_times(slots, times), "query_t": times[plan.start:plan.start + plan.frames],
             "rope_jump": plan.jump, "clock_frame": plan.clock,
             "anchor_source_frames": [i.scene_frame for i in slots if i.region == ANCHOR],
