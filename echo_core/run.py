@@ -356,8 +356,8 @@ def memory_report(reports: Sequence[dict[str, Any]], timeline: Timeline, policy:
     """JSON-able summary of a run: per scene (transition, recall source, RoPE jump), peaks and timing, plus the
     per-chunk reports. Memory: `peak_gpu_bytes` is the most the policy held on the compute device (the CPU in a
     CPU run; for Echo its device storage, the model's rotated context and the staging buffers), `peak_host_bytes`
-    the peak on the host (the scene pool and an offloading policy's host storage); `budget` is what the formula predicted
-    (echo_core.budget) and the free memory the run was checked against (`need`: preflight.MemoryNeed)."""
+    the peak on the host (the scene pool and an offloading policy's host storage); `budget` is what the formula
+    predicted (echo_core.budget) and the free memory the run was checked against (`need`: preflight.MemoryNeed)."""
     peak = max((r.get("cache_bytes", 0) for r in reports), default=0)
     pool_peak = max((r.get("pool_bytes", 0) for r in reports), default=0)
     # an offloading policy (Echo on CUDA) reports its bytes by place: device (storage, rotated context, staging)

@@ -209,13 +209,19 @@ def _attend(q: torch.Tensor, inputs: AttentionInputs, head_dim: int, mask: torch
     wrote are rotated again: the same numbers, without re-rotating the whole window on every call."""
     cos, sin = rope_cos_sin_cached(inputs.q_positions, head_dim)
     q = apply_rope(q, cos, sin)
-    if inputs.memo is not None and inputs.context_id is not None and len(inputs.spans) == 1:
-        k, v = _memo_context(inputs.memo, inputs, head_dim)
-    else:
-        pairs = [_rotated(span, head_dim) for span in inputs.spans]
-        k = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=2)
-        v = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=2)
+    k, v = attention_context(inputs, head_dim)
     return attention_backend.attend(q, k.to(q.dtype), v.to(q.dtype), mask)  # SDPA / sage / flash
+
+
+def attention_context(inputs: AttentionInputs, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values attention reads for `inputs` (rotated, weighted; through the memo when one is lent):
+    `_attend` before the kernel, public for the benches and tests that measure the memo without attending."""
+    if inputs.memo is not None and inputs.context_id is not None and len(inputs.spans) == 1:
+        return _memo_context(inputs.memo, inputs, head_dim)
+    pairs = [_rotated(span, head_dim) for span in inputs.spans]
+    k = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=2)
+    v = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=2)
+    return k, v
 
 
 def _rotated(span: KVSpan, head_dim: int, rows: tuple[int, int] | None = None):
