@@ -183,7 +183,7 @@ def check_memory(need: MemoryNeed, *, width: int, height: int, field: str = "wid
     what = (f"at {width}x{height} the {b.policy} memory ({b.layers} layers, {b.tokens_per_frame:,} tokens per "
             f"latent frame, {b.kv_dtype})")
     fix = "lower width/height"
-    if b.policy in ("echo", "full"):
+    if b.policy == "full" or (b.policy == "echo" and not b.host):  # offloaded Echo holds less than rolling
         fix += ", or choose the rolling memory (a 21-frame window)" if b.policy == "full" else \
             ", or choose the rolling memory (window only: " + human(b.window_bytes) + ")"
     cap = memory_cap()
