@@ -281,9 +281,9 @@ class EchoCache(CachePolicy):
     def end_chunk(self) -> dict[str, Any]:
         chunk, plan = self._require_chunk(), self._require_plan()
         s, c = plan.tokens_per_frame, plan.frames
+        if self.host is not None:  # pooling and an eviction below read what this chunk's calls copied down
+            sync(self._compute)
         if self._progress.committed:
-            if self.host is not None:  # pooling below reads what the commit pass copied down
-                sync(self._compute)
             queries = self.window.batch() * c * s
             self.ring.commit(plan.ring, chunk.start_frame, queries)
             self.source.commit(plan.mirror, chunk.start_frame, plan.local)
