@@ -1,15 +1,25 @@
-"""Bytes per component of the rolling and Echo-Forcing caches at the Wan2.1-T2V-1.3B geometry, measured.
+"""Bytes per component and per place of the rolling and Echo-Forcing caches at the Wan2.1-T2V-1.3B geometry, measured.
 
 The real caches are instantiated at the real token geometry (1560 tokens per latent frame at 832x480 and at
-480x832, 12 heads x 128, bf16) with one layer on the CPU and driven through a multi-scene run with random K/V
-(scene 1 fills the 21-frame window, a hard cut, a recall of scene 1 long enough to hold its recall candidates);
-then `nbytes()` of the cache and of its scene pool are read and scaled to the model's 30 layers. Beside each
+480x832, 12 heads x 128, bf16) with two layers on the CPU and driven through a multi-scene run with random K/V
+(scene 1 rolls the 21-frame window once, so the compressed region is selected; a hard cut; a recall of scene 1
+long enough to hold its recall candidates), the model's own rotated context (wan.attention_context) filled on
+every call as attention would. Then the bytes by place are read and scaled to the model's 30 layers: per-layer
+storage and context times 30, the offloading cache's staging buffers (two layers' worth) as they are. Beside each
 measurement: what the budget formula (echo_core/budget.py) says, and the difference.
 
-    python bench/memory_footprint.py            # table
-    python bench/memory_footprint.py --json     # one JSON object (totals for 30 layers)
+* rolling: Self-Forcing's window (K/V on the device) plus its rotated keys;
+* echo (offloaded, EchoCache's default on CUDA): on the device the window's values, the rotated keys, the small
+  float32/int32 state and the staging buffers; on the host the raw window keys, history ring, anchor source,
+  recall candidates and first frame (measured with a second CPU device object as the host);
+* echo, not offloaded (`offload=None`, a CPU run): everything on the device, for reference;
+* pool: one finished scene in the scene pool (host).
 
-Echo with fp8 K/V is not implemented: its row says so and `echo_fp8_gpu_bytes` is null.
+    python bench/memory_footprint.py            # table
+    python bench/memory_footprint.py --json     # one JSON object (totals for 30 layers, 832x480)
+
+Echo with fp8 K/V needs the fp8 branch's primitives: until they are merged its row says so and
+`echo_fp8_gpu_bytes` is null.
 """
 
 from __future__ import annotations
@@ -32,19 +42,21 @@ from echo_core.cache.echo.policy import EchoCache  # noqa: E402
 from echo_core.cache.rolling import RollingCache  # noqa: E402
 from echo_core.config import EchoConfig  # noqa: E402
 from echo_core.model.config import preset_with  # noqa: E402
+from echo_core.model.wan import attention_context  # noqa: E402
 from echo_core.run import ROLLING_SINK_FRAMES, ROLLING_WINDOW_FRAMES  # noqa: E402
 from echo_core.timeline import Transition, TransitionMode  # noqa: E402
 
 MODEL_LAYERS = 30
-SCENES = ((7, None), (1, TransitionMode.HARDCUT), (3, TransitionMode.RECALL))  # chunks per scene, transition in
+SCENES = ((8, None), (1, TransitionMode.HARDCUT), (3, TransitionMode.RECALL))  # chunks per scene, transition in
 
 
 def drive(policy: CachePolicy, grid: tuple[int, int], layers: int, heads: int, head_dim: int,
-          dtype: torch.dtype, seed: int = 0) -> None:
-    """The sampler's call sequence (one denoising call and the commit call per chunk) with random q/k/v."""
+          dtype: torch.dtype, seed: int = 0) -> int:
+    """The sampler's call sequence (one denoising call and the commit call per chunk) with random q/k/v, the
+    model's rotated context built from what the policy returns; returns the peak of that context in bytes."""
     g = torch.Generator().manual_seed(seed)
     s = grid[0] * grid[1]
-    index = frame = 0
+    index = frame = peak = 0
     for scene, (chunks, mode) in enumerate(SCENES):
         start = frame
         for j in range(chunks):
@@ -57,10 +69,26 @@ def drive(policy: CachePolicy, grid: tuple[int, int], layers: int, heads: int, h
             for step, commit in ((0, False), (1, True)):
                 policy.begin_call(CallInfo(step, commit))
                 for layer in range(layers):
-                    policy.attend(layer, q, k, v)
+                    attention_context(policy.attend(layer, q, k, v), head_dim)
+                    peak = max(peak, policy.context_nbytes())
             policy.end_chunk()
             index += 1
             frame += 3
+    return peak
+
+
+def _echo(layers: int, grid: tuple[int, int], cfg: Any, dtype: torch.dtype, offload: Any) -> dict[str, Any]:
+    """One Echo run; bytes by place scaled to MODEL_LAYERS."""
+    echo = EchoCache(layers, EchoConfig(), offload=offload)
+    context = drive(echo, grid, layers, cfg.num_heads, cfg.head_dim, dtype)
+    placed = echo.nbytes_by_place()
+    scale = MODEL_LAYERS / layers
+    out = {"gpu": round((placed["storage"] + context) * scale) + placed["staging"],
+           "storage": round(placed["storage"] * scale), "context": round(context * scale),
+           "staging": placed["staging"], "host": round(placed["host"] * scale),
+           "pool": round(echo.pool.nbytes() * scale), "scenes": len(echo.pool)}
+    echo.release()
+    return out
 
 
 def measure(height: int, width: int, layers: int = 1, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
@@ -69,63 +97,79 @@ def measure(height: int, width: int, layers: int = 1, dtype: torch.dtype = torch
     scale = MODEL_LAYERS / layers
     full = preset_with("wan2.1-t2v-1.3b")
     rolling = RollingCache(layers, window_frames=ROLLING_WINDOW_FRAMES, sink_frames=ROLLING_SINK_FRAMES)
-    drive(rolling, grid, layers, cfg.num_heads, cfg.head_dim, dtype)
-    echo = EchoCache(layers, EchoConfig())
-    drive(echo, grid, layers, cfg.num_heads, cfg.head_dim, dtype)
-    scenes = len(echo.pool)
+    rolling_context = drive(rolling, grid, layers, cfg.num_heads, cfg.head_dim, dtype)
+    window = round(rolling.nbytes() * scale)
+    rolling.release()
+    off = _echo(layers, grid, cfg, dtype, "cpu")
+    direct = _echo(layers, grid, cfg, dtype, None)
+    scenes = off["scenes"]
+    b = policy_budget(full, height, width, 3, "echo", kv_dtype=dtype)
+    bd = policy_budget(full, height, width, 3, "echo", kv_dtype=dtype, offload=False)
+    br = policy_budget(full, height, width, 3, "rolling", kv_dtype=dtype)
     row = {
         "size": f"{width}x{height}", "tokens_per_frame": grid[0] * grid[1],
-        "window_bytes": round(rolling.nbytes() * scale),
-        "echo_gpu_bytes": round(echo.nbytes() * scale),
-        "echo_host_bytes": round(echo.pool.nbytes() * scale),
-        "pool_bytes_per_scene": round(echo.pool.nbytes() * scale / max(scenes, 1)),
+        "window_bytes": window,
+        "rolling_gpu_bytes": window + round(rolling_context * scale),
+        "echo_gpu_bytes": off["gpu"],
+        "echo_host_bytes": off["host"] + off["pool"],
+        "echo_host_storage_bytes": off["host"],
+        "pool_bytes_per_scene": round(off["pool"] / max(scenes, 1)),
         "pool_scenes": scenes,
+        "echo_context_bytes": off["context"], "echo_staging_bytes": off["staging"],
+        "echo_unoffloaded_gpu_bytes": direct["gpu"],
         "echo_fp8_gpu_bytes": None,
         "formula": {
-            "window_bytes": policy_budget(full, height, width, 3, "rolling", kv_dtype=dtype).gpu_bytes,
-            "echo_gpu_bytes": (b := policy_budget(full, height, width, 3, "echo", kv_dtype=dtype)).gpu_bytes,
-            "echo_host_bytes": b.host_bytes(scenes), "pool_bytes_per_scene": b.pool_bytes_per_scene,
-            "echo_host_max_bytes": b.host_bytes(), "echo_components": b.gpu,
+            "window_bytes": br.window_bytes, "rolling_gpu_bytes": br.device_bytes,
+            "echo_gpu_bytes": b.device_bytes - b.gpu["compressed_index"],  # int64 origins: not in nbytes
+            "echo_host_bytes": b.host_bytes(scenes), "echo_host_storage_bytes": b.host_storage_bytes,
+            "pool_bytes_per_scene": b.pool_bytes_per_scene, "echo_host_max_bytes": b.host_bytes(),
+            "echo_unoffloaded_gpu_bytes": bd.device_bytes - bd.gpu["compressed_index"],
+            "echo_gpu_components": {**b.gpu, **{f"context:{k}": v for k, v in b.context.items()}},
+            "echo_host_components": b.host, "pool_components": b.pool,
+            "weights_bytes_bf16": b.weights_bytes, "activation_bytes": b.activation_bytes,
         },
-        # the hot path's rotated context the model keeps per layer for the running chunk (formula; the memo is
-        # filled by the model, which this bench does not run)
-        "echo_context_bytes": b.context_bytes,
-        "rolling_context_bytes": policy_budget(full, height, width, 3, "rolling", kv_dtype=dtype).context_bytes,
     }
-    rolling.release()
-    echo.release()
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object (totals for 30 layers)")
-    ap.add_argument("--layers", type=int, default=1, help="layers instantiated (scaled to 30)")
+    ap.add_argument("--layers", type=int, default=2, help="layers instantiated (scaled to 30; 2 fill both staging "
+                    "buffers)")
     args = ap.parse_args()
     rows = [measure(480, 832, args.layers), measure(832, 480, args.layers)]
     if args.json:
         first = rows[0]
         out = {k: first[k] for k in ("window_bytes", "echo_gpu_bytes", "echo_host_bytes", "pool_bytes_per_scene",
-                                     "echo_fp8_gpu_bytes", "pool_scenes", "tokens_per_frame",
-                                     "echo_context_bytes", "rolling_context_bytes")}
-        out.update(layers=MODEL_LAYERS, dtype="bfloat16", measured_layers=args.layers, sizes=rows)
+                                     "echo_fp8_gpu_bytes", "pool_scenes", "tokens_per_frame", "rolling_gpu_bytes",
+                                     "echo_host_storage_bytes", "echo_context_bytes", "echo_staging_bytes",
+                                     "echo_unoffloaded_gpu_bytes")}
+        out.update(layers=MODEL_LAYERS, dtype="bfloat16", measured_layers=args.layers, sizes=rows,
+                   echo_gpu_over_window=round(first["echo_gpu_bytes"] / first["window_bytes"], 4))
         print(json.dumps(out))
         return
     print(f"# Wan2.1-T2V-1.3B, {MODEL_LAYERS} layers (measured on {args.layers}, scaled), bf16 K/V, "
-          "after 3 scenes (hard cut, recall)")
-    print(f"{'policy':<16}{'size':<9}{'GPU (measured)':>16}{'GPU (formula)':>16}{'diff':>8}"
-          f"{'host/scene':>13}{'host (3 scenes)':>17}")
+          "after 3 scenes (hard cut, recall); GPU = everything on the device during a chunk")
+    print(f"{'policy':<22}{'size':<9}{'GPU (measured)':>16}{'GPU (formula)':>16}{'diff':>8}{'x window':>10}"
+          f"{'host':>12}{'pool/scene':>13}")
     for r in rows:
         f = r["formula"]
-        for name, gpu, fgpu, per, host in (
-                ("rolling", r["window_bytes"], f["window_bytes"], 0, 0),
-                ("echo", r["echo_gpu_bytes"], f["echo_gpu_bytes"], r["pool_bytes_per_scene"], r["echo_host_bytes"])):
+        for name, gpu, fgpu, host, per in (
+                ("rolling", r["rolling_gpu_bytes"], f["rolling_gpu_bytes"], 0, 0),
+                ("echo (offloaded)", r["echo_gpu_bytes"], f["echo_gpu_bytes"], r["echo_host_storage_bytes"],
+                 r["pool_bytes_per_scene"]),
+                ("echo (not offloaded)", r["echo_unoffloaded_gpu_bytes"], f["echo_unoffloaded_gpu_bytes"], 0,
+                 r["pool_bytes_per_scene"])):
             diff = f"{100 * (fgpu - gpu) / gpu:+.2f}%"
-            print(f"{name:<16}{r['size']:<9}{human(gpu):>16}{human(fgpu):>16}{diff:>8}{human(per):>13}"
-                  f"{human(host):>17}")
-        print(f"{'echo + fp8 KV':<16}{r['size']:<9}{'n/a (not implemented)':>33}")
-    comps = rows[0]["formula"]["echo_components"]
-    print("echo components (formula, 30 layers): " + ", ".join(f"{k} {human(v)}" for k, v in comps.items()))
+            print(f"{name:<22}{r['size']:<9}{human(gpu):>16}{human(fgpu):>16}{diff:>8}"
+                  f"{gpu / r['window_bytes']:>10.2f}{human(host):>12}{human(per):>13}")
+        print(f"{'echo + fp8 KV':<22}{r['size']:<9}{'n/a (needs the fp8 branch)':>40}")
+    f = rows[0]["formula"]
+    print("echo on the device (formula, 30 layers): "
+          + ", ".join(f"{k} {human(v)}" for k, v in f["echo_gpu_components"].items()))
+    print("echo on the host (formula, 30 layers): "
+          + ", ".join(f"{k} {human(v)}" for k, v in f["echo_host_components"].items()))
 
 
 if __name__ == "__main__":

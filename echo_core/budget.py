@@ -1,19 +1,23 @@
 """Bytes a run will hold, from geometry and dtype: one formula per cache policy (spec §8).
 
 `policy_budget(cfg, height, width, ...)` gives, for a model geometry (WanConfig), a resolution, frames per chunk,
-a policy (name or EchoConfig) and the K/V dtype:
+a policy (name or EchoConfig), the K/V dtype and whether Echo offloads (its default on CUDA):
 
-* `gpu`: bytes per component the policy holds on the compute device (all layers): for Echo the window, the
-  history ring, the anchor source, recall candidates, the scene's first frame, per-token weights/rates and the
-  small float32 sums, each mirroring what one of the echo modules allocates per layer (window.py, compression.py's
-  history ring, memory.py's anchor source, recall.py's scene recorder, decay.py's weights and rates);
+* `gpu`: bytes per component the policy keeps on the compute device (all layers), and `context`: the model's
+  rotated keys (the hot path's ContextMemo, one key-sized tensor per layer), also on the device during a chunk;
+  `device_bytes` is their sum, everything the cache costs the card. Echo without offload keeps the window, the
+  history ring, the anchor source, recall candidates, the scene's first frame, weights/rates and small float32
+  sums there; offloaded (echo_core.cache.placement) the device keeps the window's values, the rotated keys, the
+  small state and two layers of staging buffers, and
+* `host`: the offloaded storage (raw window keys, history ring, anchor source, recall candidates, first frame);
 * `pool_bytes_per_scene`: what one finished scene costs in the scene pool, which lives on the host (CPU);
 * `weights_bytes` (exact parameter count of a Wan2.1 DiT of that geometry) and `activation_bytes`, a rough peak
   of one forward call's working set (one layer at a time) plus the per-prompt cross-attention K/V.
 
-The Echo part restates what `EchoCache` allocates (each echo module's `allocate`, `source_capacity`); it is
-checked against `EchoCache.nbytes()` after a multi-scene run at the real 1.3B token geometry within 1 %
-(tests/test_budget.py). Whoever changes that storage changes `_echo_layer` here too, or that test fails.
+The Echo part restates what `EchoCache` allocates (each echo module's `allocate`, `source_capacity`, the
+`Stager`); it is checked against `EchoCache.nbytes_by_place()` after a multi-scene run at the real 1.3B token
+geometry within 1 % (tests/test_budget.py). Whoever changes that storage changes `_echo_layer` here too, or that
+test fails.
 """
 
 from __future__ import annotations
@@ -51,14 +55,25 @@ class Budget:
     pool_max_scenes: int = 0
     weights_bytes: int = 0
     activation_bytes: int = 0  # rough peak of one forward call's working set plus the prompt's text K/V
-    # The hot path's context per layer (cache.base ContextMemo): keys rotated once per chunk and, while decay
-    # weights are live (Echo), weighted values. Held by the model for the running chunk, beside `gpu`.
+    # The hot path's context per layer (cache.base ContextMemo): keys rotated once per chunk, held on the device
+    # by the model for the running chunk, beside `gpu`.
     context: dict[str, int] = field(default_factory=dict)
     kv_storage: str = MODEL  # how the cache stores K/V (kv_quant): "model" (kv_dtype) or "float8_e4m3fn"
+    host: dict[str, int] = field(default_factory=dict)  # component -> bytes offloaded to the host, all layers
+    window_kv: int = 0  # the attention window's K/V, wherever they live
 
     @property
     def context_bytes(self) -> int:
         return sum(self.context.values())
+
+    @property
+    def device_bytes(self) -> int:
+        """Everything the cache costs the compute device during a chunk: storage, staging, rotated context."""
+        return self.gpu_bytes + self.context_bytes
+
+    @property
+    def host_storage_bytes(self) -> int:
+        return sum(self.host.values())
 
     @property
     def gpu_bytes(self) -> int:
@@ -67,17 +82,18 @@ class Budget:
     @property
     def window_bytes(self) -> int:
         """The attention window's K/V alone (what Self-Forcing's rolling cache holds)."""
-        return self.gpu.get("window", 0)
+        return self.window_kv
 
     @property
     def pool_bytes_per_scene(self) -> int:
         return sum(self.pool.values())
 
     def host_bytes(self, scenes: int | None = None) -> int:
-        """Pool bytes after `scenes` finished scenes (default: a full pool). A smooth chain's first scene is kept
-        for smooth switches even once the pool has dropped it: at most one scene more than the pool size."""
+        """Host bytes after `scenes` finished scenes (default: a full pool): the offloaded storage plus the pool.
+        A smooth chain's first scene is kept for smooth switches even once the pool has dropped it: at most one
+        scene more than the pool size."""
         n = self.pool_max_scenes if scenes is None else min(max(scenes, 0), self.pool_max_scenes)
-        return n * self.pool_bytes_per_scene
+        return self.host_storage_bytes + n * self.pool_bytes_per_scene
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,14 +104,20 @@ class Budget:
             "pool_max_scenes": self.pool_max_scenes, "host_max_bytes": self.host_bytes(),
             "weights_bytes": self.weights_bytes, "activation_bytes": self.activation_bytes,
             "context_bytes": self.context_bytes, "context_components": dict(self.context),
+            "device_bytes": self.device_bytes, "host_storage_bytes": self.host_storage_bytes,
+            "host_components": dict(self.host), "window_bytes": self.window_bytes,
         }
 
 
 def policy_budget(cfg: WanConfig, height: int, width: int, frames_per_chunk: int = 3,
                   policy: PolicySpec = "echo", *, kv_dtype: torch.dtype = torch.bfloat16,
                   model_dtype: torch.dtype | None = None, total_frames: int | None = None,
-                  spatial_compression: int = 8, guidance: bool = False, batch: int = 1) -> Budget:
+                  spatial_compression: int = 8, guidance: bool = False, batch: int = 1,
+                  offload: bool = True) -> Budget:
     """The budget of `policy` for `cfg` at `width` x `height` pixels.
+
+    offload: Echo keeps its raw window keys and side state on the host (EchoCache's default on CUDA; False: a
+    CPU run, or `EchoCache(offload=None)`).
 
     kv_dtype: the dtype K/V are computed in (the model's compute dtype; bf16 for fp8 weights). model_dtype: the
     weights' dtype (default kv_dtype). total_frames: latent frames of the whole video, needed by "full" (whose
@@ -109,11 +131,14 @@ def policy_budget(cfg: WanConfig, height: int, width: int, frames_per_chunk: int
     frame = batch * cfg.dim * s * e  # one latent frame of K (or V) for one layer, in the model dtype
     name, echo, storage = _resolve(policy, frames_per_chunk)
     stored = stored_frame_bytes(storage, batch, cfg.num_heads, s, cfg.head_dim, e)  # one frame as the cache holds it
+    host: dict[str, int] = {}
+    staging = 0
     if echo is not None:
-        per_layer = _echo_layer(echo, s, cfg.num_heads, cfg.head_dim, e, batch, stored)
+        per_layer, host = _echo_layer(echo, s, cfg.num_heads, cfg.head_dim, e, batch, offload, stored)
         pool = _echo_pool_scene(echo, frame)
         window: int | None = echo.memory.window_frames
         pool_max = echo.recall_frames.pool_max_size
+        staging = _echo_staging(echo, frame) if offload else 0
     elif name in ("rolling", "flush"):
         window = ROLLING_WINDOW_FRAMES
         per_layer, pool, pool_max = {"window": 2 * window * stored}, {}, 0
@@ -127,15 +152,16 @@ def policy_budget(cfg: WanConfig, height: int, width: int, frames_per_chunk: int
         raise SpecError("memory", f"unknown memory policy {name!r}; choose one of echo, rolling, full, flush")
     attended = window if window is not None else (total_frames or 0)
     gpu = {k: v * cfg.num_layers for k, v in per_layer.items()}
+    if staging:
+        gpu["staging"] = staging  # two layers' worth, whatever the depth
     pool_all = {k: v * cfg.num_layers for k, v in pool.items()}
     act = activation_bytes(cfg, s, frames_per_chunk, attended, e, guidance=guidance, batch=batch,
                            weighted=echo is not None, scene_end=pool_all.get("recall_frame", 0),
                            dequantised=storage != MODEL)
     context = {"rotated_keys": cfg.num_layers * attended * frame}
-    if echo is not None:
-        context["weighted_values"] = cfg.num_layers * attended * frame
     return Budget(name, cfg.num_layers, s, window, str(kv_dtype).removeprefix("torch."), gpu, pool_all, pool_max,
-                  weights_bytes(cfg, model_dtype or kv_dtype), act, context, storage)
+                  weights_bytes(cfg, model_dtype or kv_dtype), act, context, storage,
+                  {k: v * cfg.num_layers for k, v in host.items()}, 2 * attended * stored * cfg.num_layers)
 
 
 def _resolve(policy: PolicySpec, frames_per_chunk: int) -> tuple[str, EchoConfig | None, str]:
@@ -168,29 +194,38 @@ def echo_source_frames(config: EchoConfig) -> int:
 
 
 def _echo_layer(config: EchoConfig, s: int, heads: int, head_dim: int, e: int, batch: int,
-                stored: int | None = None) -> dict[str, int]:
-    """Bytes one layer of EchoCache holds at most, per stored tensor (the `allocate` of each echo module).
-    Frame-sized K/V are `stored` bytes per frame (the model's dtype, `e` bytes per element, or fp8 with scales:
-    stored_frame_bytes); weights, rates and sums in float32."""
+                offload: bool, stored: int | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes one layer of EchoCache holds at most, per stored tensor (the `allocate` of each echo module), as
+    (on the device, on the host). Frame-sized K/V are `stored` bytes per frame (the model's dtype, `e` bytes per
+    element, or fp8 with scales: stored_frame_bytes); weights, rates, sums and counts in float32/int32 stay on the
+    device; offloaded, the frame-sized side state and the raw window keys move to the host."""
     mem = config.memory
     w = mem.window_frames
     frame = batch * heads * s * head_dim * e if stored is None else stored
-    out = {
-        "window": 2 * w * frame,  # k, v [B, H, W*S, D]
-        "weights_rates": 2 * w * s * F32,  # w, rates [W*S]
-        "first_frame": 2 * frame,  # select: the scene's first frame, kept from its first commit on
-    }
+    gpu = {"weights_rates": 2 * w * s * F32}  # w, rates [W*S]
+    side = {"first_frame": 2 * frame}  # select: the scene's first frame, kept from its first commit on
     if mem.compressed_frames > 0:
-        out["history_ring"] = 2 * w * frame + w * s * I32  # ring_k, ring_v, ring_counts
-        out["calibration"] = heads * head_dim * F32 + heads * (head_dim // 2) * F32  # calib_q, calib_abs
-        out["compressed_index"] = 2 * mem.compressed_frames * s * I64  # comp_frames, comp_spatial (not in nbytes)
+        side["history_ring"] = 2 * w * frame  # ring k, v [B, H, W*S, D]
+        gpu["ring_counts"] = w * s * I32
+        gpu["calibration"] = heads * head_dim * F32 + heads * (head_dim // 2) * F32  # q_sum, abs_sum
+        gpu["compressed_index"] = 2 * mem.compressed_frames * s * I64  # origin frame/spatial (not in nbytes)
     source = echo_source_frames(config)
     if source:
-        out["anchor_source"] = 2 * source * frame  # src_k, src_v [B, H, cap*S, D]
+        side["anchor_source"] = 2 * source * frame  # k, v [B, H, cap*S, D]
     if config.needs_recall_frames:
-        candidates = len(config.recall_frames.sampled_frames())
-        out["recall_candidates"] = 2 * candidates * frame + heads * head_dim * F32  # cands (0, 4, 8), scene_q
-    return out
+        side["recall_candidates"] = 2 * len(config.recall_frames.sampled_frames()) * frame  # frames 0, 4, 8
+        gpu["recall_query_sum"] = heads * head_dim * F32
+    if not offload:
+        return {"window": 2 * w * frame, **gpu, **side}, {}
+    return {"window_values": w * frame, **gpu}, {"window_keys": w * frame, **side}
+
+
+def _echo_staging(config: EchoConfig, frame: int) -> int:
+    """Device buffers of an offloading EchoCache (placement.Stager): two layers of raw window keys, and of the
+    history ring's keys and values when the memory compresses."""
+    w = config.memory.window_frames
+    kinds = 3 if config.memory.compressed_frames > 0 else 1
+    return 2 * kinds * w * frame
 
 
 def _echo_pool_scene(config: EchoConfig, frame: int) -> dict[str, int]:

@@ -177,11 +177,11 @@ def memory_need(cfg: Any, policy: PolicySpec, *, latent_shape: tuple[int, int, i
                 frames_per_chunk: int, total_frames: int, scenes: int, device: torch.device | str,
                 kv_dtype: torch.dtype, guidance: bool = False) -> MemoryNeed:
     c, h, w = latent_shape
+    dev = torch.device(device)
     budget = policy_budget(cfg, h, w, frames_per_chunk, policy, kv_dtype=kv_dtype, total_frames=total_frames,
-                           spatial_compression=1, guidance=guidance)
+                           spatial_compression=1, guidance=guidance, offload=dev.type == "cuda")
     latents = total_frames * c * h * w * 4  # float32 chunks kept until the end, then concatenated once
     host = budget.host_bytes(scenes) + 2 * latents
-    dev = torch.device(device)
     return MemoryNeed(budget, str(dev), budget.gpu_bytes + budget.context_bytes + budget.activation_bytes, host,
                       _capped(device_available_bytes(dev)), _capped(host_available_bytes()))
 
@@ -192,7 +192,7 @@ def check_memory(need: MemoryNeed, *, width: int, height: int, field: str = "wid
     what = (f"at {width}x{height} the {b.policy} memory ({b.layers} layers, {b.tokens_per_frame:,} tokens per "
             f"latent frame, {b.kv_dtype})")
     fix = "lower width/height"
-    if b.policy in ("echo", "full"):
+    if b.policy == "full" or (b.policy == "echo" and not b.host):  # offloaded Echo holds less than rolling
         fix += ", or choose the rolling memory (a 21-frame window)" if b.policy == "full" else \
             ", or choose the rolling memory (window only: " + human(b.window_bytes) + ")"
     if b.kv_storage == "model" and b.policy in ("rolling", "flush"):
@@ -212,9 +212,9 @@ def check_memory(need: MemoryNeed, *, width: int, height: int, field: str = "wid
                                f"{human(b.activation_bytes)}) but "
                                f"{human(need.device_available)} are free; {fix}")
     if need.host_available is not None and need.host_bytes > need.host_available:
-        raise SpecError(field, f"{what} needs {human(need.host_bytes)} of host RAM (scene pool and finished "
-                               f"latents) but {human(need.host_available)} are available; shorten the video or "
-                               f"lower width/height")
+        raise SpecError(field, f"{what} needs {human(need.host_bytes)} of host RAM (offloaded cache, scene pool "
+                               f"and finished latents) but {human(need.host_available)} are available; shorten "
+                               f"the video or lower width/height")
 
 
 def _parts(need: MemoryNeed) -> str:

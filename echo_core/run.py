@@ -422,10 +422,14 @@ def memory_report(reports: Sequence[dict[str, Any]], timeline: Timeline, policy:
                   need: Any = None) -> dict[str, Any]:
     """JSON-able summary of a run: per scene (transition, recall source, RoPE jump), peaks and timing, plus the
     per-chunk reports. Memory: `peak_gpu_bytes` is the most the policy held on the compute device (the CPU in a
-    CPU run), `peak_host_bytes` the scene pool's peak on the host; `budget` is what the formula predicted
-    (echo_core.budget) and the free memory the run was checked against (`need`: preflight.MemoryNeed)."""
+    CPU run; for Echo its device storage, the model's rotated context and the staging buffers), `peak_host_bytes`
+    the peak on the host (the scene pool and an offloading policy's host storage); `budget` is what the formula
+    predicted (echo_core.budget) and the free memory the run was checked against (`need`: preflight.MemoryNeed)."""
     peak = max((r.get("cache_bytes", 0) for r in reports), default=0)
     pool_peak = max((r.get("pool_bytes", 0) for r in reports), default=0)
+    # an offloading policy (Echo on CUDA) reports its bytes by place: device (storage, rotated context, staging)
+    gpu_peak = max((r.get("gpu_bytes", r.get("cache_bytes", 0)) for r in reports), default=0)
+    host_peak = max((r.get("pool_bytes", 0) + r.get("host_bytes", 0) for r in reports), default=0)
     wall = math.fsum(r.get("wall_s", 0.0) for r in reports)
     scenes = []
     for scene in timeline.scenes:
@@ -453,8 +457,8 @@ def memory_report(reports: Sequence[dict[str, Any]], timeline: Timeline, policy:
         "peak_cache_mb": round(peak / 2**20, 3),
         "peak_cache_tokens": max((r.get("cache_tokens", 0) for r in reports), default=0),
         "peak_pool_mb": round(pool_peak / 2**20, 3),
-        "peak_gpu_bytes": int(peak),
-        "peak_host_bytes": int(pool_peak),
+        "peak_gpu_bytes": int(gpu_peak),
+        "peak_host_bytes": int(host_peak),
         "budget": None if need is None else {**need.budget.to_dict(), **need.to_dict()},
         "wall_s": round(wall, 3),
         "s_per_chunk": round(wall / len(reports), 4) if reports else 0.0,

@@ -201,8 +201,10 @@ class MemorySpec:
     def budget(self, cfg: WanConfig, height: int, width: int, frames_per_chunk: int = 3,
                bytes_per_value: int = 2, kv_dtype: torch.dtype | None = None) -> dict[str, Any]:
         """Bytes this memory will hold for `cfg` at `width` x `height` (echo_core.budget, one formula): on the GPU
-        per component (`gpu_mb`, `gpu_components_mb`; `cache_mb` is the attention window alone) and on the host
-        per pooled scene. `kv_dtype` (default from `bytes_per_value`: 2 bf16, 4 fp32) is the model's compute
+        per component, the model's rotated context included (`gpu_mb`, `gpu_components_mb`; `cache_mb` is the
+        attention window alone), on the host per component (`host_mb`, `host_components_mb`: Echo offloads its
+        raw window keys and side state, as it does on CUDA) and per pooled scene (`host_max_mb`: all of it with
+        a full pool). `kv_dtype` (default from `bytes_per_value`: 2 bf16, 4 fp32) is the model's compute
         dtype."""
         dtype = kv_dtype or {4: torch.float32, 2: torch.bfloat16}.get(bytes_per_value, torch.bfloat16)
         tokens_per_frame = cfg.tokens_per_frame(height // 8, width // 8)
@@ -223,10 +225,14 @@ class MemorySpec:
             BaselineConfig(self.policy, self.kv_dtype)
         b = policy_budget(cfg, height, width, frames_per_chunk, policy, kv_dtype=dtype)
         mb = 2.0**20
+        device = {**b.gpu, "context": b.context_bytes}  # the model's rotated keys sit on the device too
         out.update(window_frames=b.window_frames, cache_tokens=b.window_frames * tokens_per_frame,  # type: ignore
-                   cache_mb=round(b.window_bytes / mb, 1), gpu_mb=round(b.gpu_bytes / mb, 1),
-                   gpu_components_mb={k: round(v / mb, 2) for k, v in b.gpu.items()},
-                   kv_dtype=b.kv_dtype, kv_storage=b.kv_storage, gpu_bytes=b.gpu_bytes)
+                   cache_mb=round(b.window_bytes / mb, 1), gpu_mb=round(b.device_bytes / mb, 1),
+                   gpu_components_mb={k: round(v / mb, 2) for k, v in device.items()},
+                   kv_dtype=b.kv_dtype, kv_storage=b.kv_storage, gpu_bytes=b.device_bytes)
+        if b.host:  # an offloading Echo cache: raw window keys and side state in host RAM
+            out["host_mb"] = round(b.host_storage_bytes / mb, 1)
+            out["host_components_mb"] = {k: round(v / mb, 2) for k, v in b.host.items()}
         if self.policy == "echo":  # finished scenes, on the host (CPU RAM), at most pool_max_size of them
             out["pool_mb_per_scene"] = round(b.pool_bytes_per_scene / mb, 2)
             out["pool_max_scenes"] = self.pool_max_size

@@ -60,19 +60,23 @@ def validation_message(check, *args: Any) -> bool | str:
 
 
 def budget_line(budget: dict[str, Any], width: int, height: int) -> str:
-    """The Scene Memory Cache node's one-line budget: everything on the GPU, the window, the pool per scene."""
+    """The Scene Memory Cache node's one-line budget: everything on the GPU by component (the model's rotated
+    keys included), the window, what Echo keeps on the host (offloaded state, the pool per scene)."""
     if "gpu_mb" not in budget:
         return (f"all frames x {budget['tokens_per_frame']} tokens: {budget['mb_per_frame']} MB of K/V per latent "
                 f"frame at {width}x{height}, growing with the video")
     dtype = budget["kv_dtype"] if budget.get("kv_storage", "model") == "model" else \
         f"{budget['kv_dtype']}, K/V stored as {budget['kv_storage']}"
     line = (f"GPU {budget['gpu_mb']} MB at {width}x{height} ({dtype}): window {budget['window_frames']} "
-            f"frames x {budget['tokens_per_frame']} tokens = {budget['cache_mb']} MB")
-    parts = {k: v for k, v in budget.get("gpu_components_mb", {}).items() if k != "window" and v >= 0.1}
+            f"frames x {budget['tokens_per_frame']} tokens = {budget['cache_mb']} MB of K/V")
+    parts = {k: v for k, v in budget.get("gpu_components_mb", {}).items() if v >= 0.1}
     if parts:
-        line += " + " + ", ".join(f"{k.replace('_', ' ')} {v} MB" for k, v in parts.items())
+        line += "; on the GPU " + ", ".join(f"{k.replace('_', ' ')} {v} MB" for k, v in parts.items())
+    host = {k: v for k, v in budget.get("host_components_mb", {}).items() if v >= 0.1}
+    if host:
+        line += f"; host {budget['host_mb']} MB: " + ", ".join(f"{k.replace('_', ' ')} {v} MB" for k, v in host.items())
     if "pool_mb_per_scene" in budget:
-        line += (f"; host: {budget['pool_mb_per_scene']} MB per finished scene, at most "
+        line += (f"; host pool: {budget['pool_mb_per_scene']} MB per finished scene, host at most "
                  f"{budget['host_max_mb']} MB ({budget['pool_max_scenes']} scenes)")
     return line
 

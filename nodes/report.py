@@ -2,7 +2,7 @@
 
 It reads the core's memory report (echo_core.session.memory_report: per-chunk cache reports, switch reports)
 and the parsed timeline, and keeps what a user looks at after a run: per scene the transition into it, the
-recalled scene and the RoPE jump; the peak cache on the compute device and on the host (the recall pool); seconds
+recalled scene and the RoPE jump; the peak cache on the compute device and on the host (recall pool, offload); seconds
 per chunk. Everything stays JSON so the same dict can be drawn, tested and read by scripts.
 """
 
@@ -51,9 +51,10 @@ def run_summary(report: dict[str, Any], timeline: Any, *, device: str, size: tup
         "steps": steps,
         "fps": fps,
         "device": device,
-        # The attention window's K/V live on the compute device; the recall pool is kept on the host (CPU).
-        "peak_device_mb": _mb(max((r.get("cache_bytes", 0) for r in chunks), default=0)),
-        "peak_host_mb": _mb(max((r.get("pool_bytes", 0) for r in chunks), default=0)),
+        # By place, as the policy reports it (Echo: device storage + rotated context + staging; host: the recall
+        # pool plus what an offloading cache keeps there); other policies report their cache bytes.
+        "peak_device_mb": _mb(max((r.get("gpu_bytes", r.get("cache_bytes", 0)) for r in chunks), default=0)),
+        "peak_host_mb": _mb(max((r.get("pool_bytes", 0) + r.get("host_bytes", 0) for r in chunks), default=0)),
         "seconds_per_chunk": round(sum(walls) / len(walls), 3) if walls else None,
         "wall_s": report.get("wall_s"),
     }
@@ -72,7 +73,8 @@ def summary_text(s: dict[str, Any]) -> str:
                 how += f", RoPE +{sc['rope_jump']}"
         lines.append(f"{sc['scene']}. {sc['prompt'][:48]} [{sc['chunks']} chunks]{how}")
     where = "GPU" if s["device"].startswith("cuda") else s["device"]
-    lines.append(f"peak cache: {s['peak_device_mb']} MB on {where}, {s['peak_host_mb']} MB host (recall pool)")
+    lines.append(f"peak cache: {s['peak_device_mb']} MB on {where}, {s['peak_host_mb']} MB host (recall pool"
+                 + (", offloaded cache)" if s["device"].startswith("cuda") else ")"))
     lines.append(f"{s['chunks']} chunks at {s['size'][0]}x{s['size'][1]}, {s['steps']} steps: "
                  f"{s['seconds_per_chunk']} s per chunk")
     return "\n".join(lines)

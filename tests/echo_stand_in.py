@@ -46,7 +46,8 @@ class ChunkRecord:
 class StandIn:
     def __init__(self, policy: CachePolicy, *, layers: int, heads: int, head_dim: int, grid: tuple[int, int],
                  dtype: torch.dtype = torch.float16, steps: int = 4, seed: int = 0, pool: int = 16,
-                 keep_keys: bool = False):
+                 keep_keys: bool = False, on_attend: Any = None):
+        self.on_attend = on_attend  # called with (layer, inputs) after every attend (e.g. to fill the memo)
         self.policy, self.layers, self.steps, self.grid, self.dtype = policy, layers, steps, grid, dtype
         self.s = grid[0] * grid[1]
         self.keep_keys = keep_keys
@@ -90,6 +91,8 @@ class StandIn:
                 q, k, v = tensors[layer]
                 v[..., 2] = step  # policies copy what they keep, so the tensor can be re-tagged in place
                 out = self.policy.attend(layer, q, k, v)
+                if self.on_attend is not None:
+                    self.on_attend(layer, out)
                 total = sum(sp.k.shape[2] for sp in out.spans)
                 if out.q_positions.shape[0] != q.shape[2]:
                     raise AssertionError("query positions do not cover the chunk")

@@ -24,19 +24,25 @@ class KVSpan:
 
 @dataclass
 class ContextMemo:
-    """Scratch a policy lends the model for one layer: the context as attention reads it (keys rotated, weights
-    applied), built on the chunk's first call and reused by its other calls, which only rewrite the chunk's own
-    rows. The policy owns it (one per layer, freed with the cache); the model fills it."""
+    """Scratch a policy lends the model for one layer: the context's keys rotated to their positions, built on the
+    chunk's first call and reused by its other calls, which only rewrite the chunk's own rows. Span weights are
+    applied per call on top (one layer's transient), so the memo is one key-sized tensor per layer: a policy that
+    keeps its raw keys on the host makes it their only device copy. The policy owns it (one per layer, freed with
+    the cache); the model fills it."""
 
     context_id: object = None
-    k: torch.Tensor | None = None  # rotated (and weighted) keys, the whole span
-    v: torch.Tensor | None = None  # weighted values; None when the span has no weights (its values are used as is)
+    k: torch.Tensor | None = None  # rotated keys, the whole span (unweighted)
+
+    def fresh(self, context_id: object, tokens: int) -> bool:
+        """Built for this context and this many keys: only the rows a call writes need rotating."""
+        return context_id is not None and self.context_id == context_id and self.k is not None \
+            and self.k.shape[2] == tokens
 
     def clear(self) -> None:
-        self.context_id, self.k, self.v = None, None, None
+        self.context_id, self.k = None, None
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+        return 0 if self.k is None else self.k.numel() * self.k.element_size()
 
 
 @dataclass
@@ -45,7 +51,8 @@ class AttentionInputs:
     spans: list[KVSpan] = field(default_factory=list)
     # Hot path (one span only): while `context_id` stays the same, every row of the span outside `own_rows` - its
     # keys, values, positions and weights - is unchanged since the memo was built, so only `own_rows` (the rows
-    # this call wrote, [start, end) ranges) need rotating again. None: rotate everything (no reuse).
+    # this call wrote, [start, end) ranges) need rotating again, and the model reads no other row of the span's
+    # keys (a policy whose keys live on the host fills only those). None: rotate everything (no reuse).
     context_id: object = None
     own_rows: tuple[tuple[int, int], ...] = ()
     memo: ContextMemo | None = None

@@ -233,13 +233,19 @@ def _attend(q: torch.Tensor, inputs: AttentionInputs, head_dim: int, mask: torch
     wrote are rotated again: the same numbers, without re-rotating the whole window on every call."""
     cos, sin = rope_cos_sin_cached(inputs.q_positions, head_dim)
     q = apply_rope(q, cos, sin)
-    if inputs.memo is not None and inputs.context_id is not None and len(inputs.spans) == 1:
-        k, v = _memo_context(inputs.memo, inputs, head_dim)
-    else:
-        pairs = [_rotated(span, head_dim) for span in inputs.spans]
-        k = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=2)
-        v = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=2)
+    k, v = attention_context(inputs, head_dim)
     return attention_backend.attend(q, k.to(q.dtype), v.to(q.dtype), mask)  # SDPA / sage / flash
+
+
+def attention_context(inputs: AttentionInputs, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values attention reads for `inputs` (rotated, weighted; through the memo when one is lent):
+    `_attend` before the kernel, public for the benches and tests that measure the memo without attending."""
+    if inputs.memo is not None and inputs.context_id is not None and len(inputs.spans) == 1:
+        return _memo_context(inputs.memo, inputs, head_dim)
+    pairs = [_rotated(span, head_dim) for span in inputs.spans]
+    k = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=2)
+    v = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=2)
+    return k, v
 
 
 def _rotated(span: KVSpan, head_dim: int, rows: tuple[int, int] | None = None):
@@ -259,18 +265,19 @@ def _rotated(span: KVSpan, head_dim: int, rows: tuple[int, int] | None = None):
 
 
 def _memo_context(memo: ContextMemo, inputs: AttentionInputs, head_dim: int):
+    """The memo keeps rotated keys only; weights (rope first, then weight, as in `_rotated`) are applied per call,
+    which gives the same numbers as weighting once and costs one layer's transient instead of a stored copy."""
     span = inputs.spans[0]
-    weighted = span.weights is not None
-    if memo.context_id != inputs.context_id or memo.k is None or memo.k.shape != span.k.shape:
-        k, v = _rotated(span, head_dim)
-        memo.context_id, memo.k, memo.v = inputs.context_id, k, v if weighted else None
+    plain = KVSpan(span.k, span.v, span.positions)
+    if not memo.fresh(inputs.context_id, span.k.shape[2]):
+        memo.context_id, memo.k = inputs.context_id, _rotated(plain, head_dim)[0]
     else:
         for a, b in inputs.own_rows:
-            k, v = _rotated(span, head_dim, (a, b))
-            memo.k[:, :, a:b] = k
-            if weighted:
-                memo.v[:, :, a:b] = v  # type: ignore[index]
-    return memo.k, memo.v if weighted else span.v
+            memo.k[:, :, a:b] = _rotated(plain, head_dim, (a, b))[0]  # type: ignore[index]
+    if span.weights is None:
+        return memo.k, span.v
+    w = span.weights.to(memo.k.dtype)[:, None]  # type: ignore[union-attr]
+    return memo.k * w, span.v * w
 
 
 def _block(m: nn.Module, cfg: WanConfig, layer: int, x: torch.Tensor, e0: torch.Tensor, frames: int,

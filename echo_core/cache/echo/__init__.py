@@ -12,9 +12,12 @@ at the layer's first call, shaped after its k):
     chunk.py        the per-chunk plan (frozen) and the little that changes while a chunk runs
     policy.py       EchoCache, composing them; its docstring lists where we depart from the official code
 
-versus the official window + k_original + v_original + k_raw + history + 12 candidate frames. The scene pool
-lives on `pool_device` (default CPU, like the official code, so pooled scenes cost host RAM, not GPU memory,
-and a switch pays one host->device copy of one frame per layer) in the model dtype (official: float32).
+versus the official window + k_original + v_original + k_raw + history + 12 candidate frames. Where each lives
+(`offload`, echo_core.cache.placement): on CUDA by default the raw window keys, the history ring, the anchor source,
+the recall candidates and the first frame sit in pinned host memory and are staged up one layer ahead when read;
+the device keeps the window's values, the model's rotated keys (their only device copy) and the small state.
+The scene pool lives on `pool_device` (default CPU, like the official code, so pooled scenes cost host RAM, not GPU
+memory, and a switch pays one host->device copy of one frame per layer) in the model dtype (official: float32).
 """
 
 from echo_core.cache.echo.policy import EchoCache

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from echo_core.cache.echo.memory import SlotInfo
+from echo_core.cache.placement import GPU, HOST, host_zeros, put
 from echo_core.config import HierarchicalMemoryConfig
 from echo_core.model.rope import axis_frequencies, axis_pairs
 
@@ -134,7 +135,7 @@ Selection = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
 class RingLayer:
     """One layer's history ring and query calibration, and where its compressed tokens came from."""
 
-    k: torch.Tensor  # [B, H, W*S, D] the last W committed frames (raw keys), by ring slot
+    k: torch.Tensor  # [B, H, W*S, D] the last W committed frames (raw keys), by ring slot (host when offloaded)
     v: torch.Tensor
     counts: torch.Tensor  # [W*S] int32, times each ring token was selected
     q_sum: torch.Tensor  # Σ q [H, D] float32 over the calibration window
@@ -142,8 +143,14 @@ class RingLayer:
     origin_frames: torch.Tensor | None = None  # [M*S] origin frame of each compressed token (-1 unknown)
     origin_spatial: torch.Tensor | None = None  # [M*S] origin in-frame index
 
+    kv_place: str = GPU
+
     def tensors(self) -> list[torch.Tensor]:
         return [self.k, self.v, self.counts, self.q_sum, self.abs_sum]
+
+    def placed(self) -> list[tuple[str, torch.Tensor]]:
+        return [(self.kv_place, self.k), (self.kv_place, self.v), (GPU, self.counts), (GPU, self.q_sum),
+                (GPU, self.abs_sum)]
 
 
 @dataclass(frozen=True)
@@ -169,16 +176,21 @@ class HistoryRing:
         self.calibrated = False
         self._omega: torch.Tensor | None = None
         self._selection: dict[str, Selection] = {}  # device -> selection inputs, until the ring changes
+        self.host: torch.device | None = None  # read once per rolled chunk (scoring): its K/V may live there
 
     def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
         if self.cfg.compressed_frames == 0:
             return
         b, h, _, d = like.shape
         n = self.cfg.window_frames * s
-        self.layers[layer] = RingLayer(like.new_zeros((b, h, n, d)), like.new_zeros((b, h, n, d)),
-                                       torch.zeros(n, dtype=torch.int32, device=like.device),
+        if self.host is None:
+            k, v = like.new_zeros((b, h, n, d)), like.new_zeros((b, h, n, d))
+        else:
+            k, v = host_zeros((b, h, n, d), like.dtype, self.host), host_zeros((b, h, n, d), like.dtype, self.host)
+        self.layers[layer] = RingLayer(k, v, torch.zeros(n, dtype=torch.int32, device=like.device),
                                        torch.zeros(h, d, dtype=torch.float32, device=like.device),
-                                       torch.zeros(h, d // 2, dtype=torch.float32, device=like.device))
+                                       torch.zeros(h, d // 2, dtype=torch.float32, device=like.device),
+                                       kv_place=GPU if self.host is None else HOST)
 
     def allocated(self) -> list[RingLayer]:
         return [rl for rl in self.layers if rl is not None]
@@ -198,16 +210,18 @@ class HistoryRing:
         for rl in self.allocated():
             if rl.origin_frames is None:
                 rl.origin_frames = torch.tensor([-1 if i.frame is None else i.frame for i in region],
-                                                device=rl.k.device).repeat_interleave(s)
-                rl.origin_spatial = torch.arange(len(region) * s, device=rl.k.device) % s
+                                                device=rl.counts.device).repeat_interleave(s)
+                rl.origin_spatial = torch.arange(len(region) * s, device=rl.counts.device) % s
 
     def origin_spatial(self, layer: int) -> torch.Tensor | None:
         rl = self.layers[layer]
         return None if rl is None else rl.origin_spatial
 
-    def select(self, layer: int, q: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, layer: int, q: torch.Tensor, s: int, staged: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-select the compressed tokens (§2.6c-d) for this call's queries [B, H, L, D]; returns their ring K/V
-        [B, H, n, D] in history order and records their origin and reuse."""
+        [B, H, n, D] in history order and records their origin and reuse. `staged`: the ring's K/V copied to the
+        compute device when they live on the host."""
         m, w = self.cfg, self.cfg.window_frames
         rl = self.layers[layer]
         if rl is None or rl.origin_frames is None or rl.origin_spatial is None:
@@ -219,15 +233,16 @@ class HistoryRing:
         q_abs = rl.abs_sum / self.calib_count
         gate = drift_gate(q_mean, q, m.drift_gate_lambda) if (m.use_drift_gate and
                                                               m.use_amplitude_compensation) else None
-        b, h, _, d = rl.k.shape
-        scores = phase_scores(rl.k.view(b, h, w, s, d), dist, q_mean, q_abs, offsets=m.offsets, omega=self._omega,
+        ring_k, ring_v = staged if staged is not None else (rl.k, rl.v)
+        b, h, _, d = ring_k.shape
+        scores = phase_scores(ring_k.view(b, h, w, s, d), dist, q_mean, q_abs, offsets=m.offsets, omega=self._omega,
                               gate=gate, amplitude_compensation=m.use_amplitude_compensation, fusion=m.fusion)
         idx = select_tokens(scores.flatten(), excluded, rl.counts, order, min(m.compressed_frames * s, n_valid * s),
                             m.topc_max_reuse)
         rl.counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))
         rl.origin_frames[:idx.numel()] = frames[idx // s]
         rl.origin_spatial[:idx.numel()] = idx % s
-        return rl.k.index_select(2, idx), rl.v.index_select(2, idx)
+        return ring_k.index_select(2, idx), ring_v.index_select(2, idx)
 
     def _selection_inputs(self, device: torch.device, s: int) -> Selection:
         """Per-token ring frame, exclusion (recent frames, empty slots), history order and per-frame distance;
@@ -252,8 +267,8 @@ class HistoryRing:
         if rl is None:
             return
         for j, slot in enumerate(chunk.slots):
-            rl.k[:, :, slot * s:(slot + 1) * s] = k[:, :, j * s:(j + 1) * s]
-            rl.v[:, :, slot * s:(slot + 1) * s] = v[:, :, j * s:(j + 1) * s]
+            put(rl.k[:, :, slot * s:(slot + 1) * s], k[:, :, j * s:(j + 1) * s])
+            put(rl.v[:, :, slot * s:(slot + 1) * s], v[:, :, j * s:(j + 1) * s])
             rl.counts[slot * s:(slot + 1) * s] = 0
         if chunk.calibrate:
             qs, qa = query_sums(q)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from echo_core.cache.echo.window import Move
+from echo_core.cache.placement import GPU
 from echo_core.config import TransitionConfig
 
 
@@ -94,6 +95,9 @@ class LayerWeights:
     def tensors(self) -> list[torch.Tensor]:
         return [self.w, self.rates]
 
+    def placed(self) -> list[tuple[str, torch.Tensor]]:
+        return [(GPU, self.w), (GPU, self.rates)]
+
 
 class DecayState:
     """The decay running since the last switch (§5.3) and the per-layer weights it fades; it also says when the
@@ -165,7 +169,7 @@ class DecayState:
         if d is None or not d.rates_pending or lw is None:
             return
         ref = previous_first[0] if d.target == "old_recent" and previous_first is not None else window_head
-        rates = diff_rates(first, ref, d.min_rate, d.max_rate)
+        rates = diff_rates(first, ref.to(first.device, non_blocking=True), d.min_rate, d.max_rate)  # ref: maybe host
         a, b = d.span
         lw.rates[a * s:b * s] = tile_rates(rates, b - a)
 

@@ -23,6 +23,7 @@ import torch
 
 from echo_core.cache.base import ChunkInfo
 from echo_core.cache.echo.window import FramesKV, Move, frames_like
+from echo_core.cache.placement import put
 from echo_core.config import EchoConfig, HierarchicalMemoryConfig
 
 ANCHOR, COMPRESSED, RECENT, CURRENT, OLD_MEMORY = "anchor", "compressed", "recent", "current", "old_memory"
@@ -258,10 +259,11 @@ class AnchorSource:
         self.capacity = source_capacity(config)
         self.meta: list[SlotInfo | None] = [None] * self.capacity
         self.layers: list[FramesKV | None] = [None] * num_layers
+        self.host: torch.device | None = None  # read only when a rolled chunk re-inserts anchors: may live there
 
     def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
         if self.capacity > 0:
-            self.layers[layer] = frames_like(like, self.capacity, s)
+            self.layers[layer] = frames_like(like, self.capacity, s, k_host=self.host, v_host=self.host)
 
     def allocated(self) -> list[FramesKV]:
         return [kv for kv in self.layers if kv is not None]
@@ -277,8 +279,8 @@ class AnchorSource:
         if src is None:
             return
         for j, p in mirror:
-            src.k[:, :, p * s:(p + 1) * s] = k[:, :, j * s:(j + 1) * s]
-            src.v[:, :, p * s:(p + 1) * s] = v[:, :, j * s:(j + 1) * s]
+            put(src.k[:, :, p * s:(p + 1) * s], k[:, :, j * s:(j + 1) * s])
+            put(src.v[:, :, p * s:(p + 1) * s], v[:, :, j * s:(j + 1) * s])
 
     def commit(self, mirror: tuple[tuple[int, int], ...], start_frame: int, local: int) -> None:
         for j, p in mirror:
@@ -292,8 +294,8 @@ class AnchorSource:
         p = min(keep, self.capacity)
         for src, win in zip(self.layers, window):
             if src is not None and win is not None:
-                src.k[:, :, :p * s] = win.k[:, :, :p * s]
-                src.v[:, :, :p * s] = win.v[:, :, :p * s]
+                put(src.k[:, :, :p * s], win.k[:, :, :p * s])
+                put(src.v[:, :, :p * s], win.v[:, :, :p * s])
 
     def old_memory_head(self) -> int:
         return _leading(self.meta, OLD_MEMORY)

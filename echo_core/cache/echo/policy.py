@@ -46,12 +46,15 @@ from echo_core.cache.echo.memory import (
 from echo_core.cache.echo.recall import ScenePool, SceneRecorder
 from echo_core.cache.echo.transitions import mode_name, plan_switch, requested_source
 from echo_core.cache.echo.window import Window
+from echo_core.cache.placement import GPU, HOST, Stager, resolve_offload, sync
 from echo_core.config import EchoConfig
 
 
 class EchoCache(CachePolicy):
     def __init__(self, num_layers: int, config: EchoConfig | None = None, router: Any = None,
-                 pool_device: torch.device | str = "cpu"):
+                 pool_device: torch.device | str = "cpu", offload: Any = "auto"):
+        """`offload`: where the raw window keys and the side state live ("auto": pinned CPU memory when the model
+        runs on CUDA, else with the rest; None: on the compute device; a device: there, e.g. "cpu" in tests)."""
         super().__init__(num_layers)
         if config is not None and not isinstance(config, EchoConfig):
             raise TypeError(f"config must be an EchoConfig, got {type(config).__name__}")
@@ -71,6 +74,9 @@ class EchoCache(CachePolicy):
         self._progress = ChunkProgress(set())
         self._opening: Any = None  # a recall into the first scene (timeline.Transition), see open_with
         self._opening_tensors: tuple | None = None  # that switch's tensor edits, replayed as layers allocate
+        self._offload = offload
+        self._compute: torch.device | None = None  # resolved at the first call, with the host device
+        self.stager = Stager()  # device copies of host keys, one layer ahead
 
     def open_with(self, transition: Any) -> None:
         """Open the video with `transition` (a recall of a pre-loaded saved scene) before its first chunk."""
@@ -99,6 +105,9 @@ class EchoCache(CachePolicy):
                              "use a new EchoCache per resolution")
         self._switch_report = None
         self._opening_tensors = None
+        if self.host is not None:  # the host edits below wait for the previous chunk's copies down
+            sync(self._compute)
+            self.stager.forget()
         if opening is not None:
             if chunk.prefill:
                 raise ValueError("a video that opens with a recall cannot also continue start latents")
@@ -120,6 +129,36 @@ class EchoCache(CachePolicy):
                                start=placed.current_start, jump=jump, times=tuple(times), compress=compress,
                                ring=self.ring.plan(placed.clock, c), mirror=self.source.mirror(placed.clock, c))
         self._progress = ChunkProgress(set(range(self.num_layers)) if compress else set())
+        self._prefetch(0)
+
+    @property
+    def host(self) -> torch.device | None:
+        """The offload device, or None when everything lives on the compute device."""
+        return self.window.host
+
+    def _place(self, compute: torch.device) -> None:
+        """At the first call: the compute device is known, so is where each part keeps its host-side state."""
+        self._compute = compute
+        host = resolve_offload(self._offload, compute)
+        for part in (self.window, self.source, self.ring, self.scenes):
+            part.host = host
+
+    def _prefetch(self, layer: int) -> None:
+        """Start copying what `layer`'s first call of the chunk reads from the host: its raw window keys, and its
+        history ring when the chunk re-selects the compressed region."""
+        if self.host is None or self._compute is None or layer >= self.num_layers:
+            return
+        kv = self.window.layers[layer]
+        if kv is None:
+            return
+        self.stager.prefetch("window_k", layer, kv.k, len(self.slots) * self._plan_s(), self._compute)
+        rl = self.ring.layers[layer]
+        if layer in self._progress.pending_compress and rl is not None:
+            self.stager.prefetch("ring_k", layer, rl.k, rl.k.shape[2], self._compute)
+            self.stager.prefetch("ring_v", layer, rl.v, rl.v.shape[2], self._compute)
+
+    def _plan_s(self) -> int:
+        return self._require_plan().tokens_per_frame
 
     def _require_plan(self) -> ChunkPlan:
         self._require_chunk()
@@ -169,25 +208,56 @@ class EchoCache(CachePolicy):
             raise ValueError(f"layer {layer}: k/v must be [B, H, {c * s}, D] for a {c}-frame chunk of {s} tokens "
                              f"per frame, got k {tuple(k.shape)}, v {tuple(v.shape)}")
         if self.window.layers[layer] is None:
+            if self._compute is None:
+                self._place(k.device)
             for part in self._parts():
                 part.allocate(layer, k, s)
             if self._opening_tensors is not None:
                 self._switch_tensors(0, *self._opening_tensors)
+        compressed = None
         if layer in self._progress.pending_compress:  # the chunk's first call re-selects the compressed region
+            staged = self._staged_ring(layer, k.device)
             self._progress.pending_compress.discard(layer)
-            keys, values = self.ring.select(layer, q, s)
+            compressed = self.ring.select(layer, q, s, staged)
             a = self.mem.anchor_frames * s
-            self.window.write(layer, a, keys, values)
-            self.decay.reset_rows(layer, a, a + keys.shape[2])
-        self.window.write(layer, plan.own_rows[0], k, v)
+            self.window.write(layer, a, *compressed)
+            self.decay.reset_rows(layer, a, a + compressed[0].shape[2])
+        self.window.write_own(layer, plan.own_rows[0], k, v, call.commit)
         if call.commit:
             self._progress.committed = True
             self._commit(layer, plan, q, k, v)
         n = len(self.slots) * s
         q_pos, k_pos = self._positions(layer, plan, k.device)
         keys, values = self.window.view(layer, n)
+        if self.host is not None:
+            keys = self._device_keys(layer, n, k, compressed, plan)
         span = KVSpan(keys, values, k_pos, self.decay.weights(layer, n))
         return self.reusable(layer, q_pos, span, (plan.own_rows,))
+
+    def _staged_ring(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        rl = self.ring.layers[layer]
+        if self.host is None or rl is None:
+            return None
+        return (self.stager.get("ring_k", layer, rl.k, rl.k.shape[2], device),
+                self.stager.get("ring_v", layer, rl.v, rl.v.shape[2], device))
+
+    def _device_keys(self, layer: int, n: int, k: torch.Tensor, compressed: tuple[torch.Tensor, torch.Tensor] | None,
+                     plan: ChunkPlan) -> torch.Tensor:
+        """The raw window keys of an offloading cache on the compute device: all of them when the layer's memo is
+        rebuilt (the chunk's first call; prefetched while the previous layer ran, and the next layer's copy starts
+        now), else only the rows the model reads besides its memo, the chunk's own."""
+        host_k = self.window.get(layer).k
+        if self._memos[layer].fresh(self._epoch, n):
+            keys = self.stager.scratch("window_k", layer, host_k, n, k.device)
+        else:
+            keys = self.stager.get("window_k", layer, host_k, n, k.device)
+            self._prefetch(layer + 1)
+        if compressed is not None:
+            a = self.mem.anchor_frames * plan.tokens_per_frame
+            keys[:, :, a:a + compressed[0].shape[2]] = compressed[0]
+        a, b = plan.own_rows
+        keys[:, :, a:b] = k
+        return keys
 
     def _commit(self, layer: int, plan: ChunkPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Bookkeeping of a clean (commit) pass: history, calibration, anchor source, recall statistics."""
@@ -211,6 +281,8 @@ class EchoCache(CachePolicy):
     def end_chunk(self) -> dict[str, Any]:
         chunk, plan = self._require_chunk(), self._require_plan()
         s, c = plan.tokens_per_frame, plan.frames
+        if self.host is not None:  # pooling and an eviction below read what this chunk's calls copied down
+            sync(self._compute)
         if self._progress.committed:
             queries = self.window.batch() * c * s
             self.ring.commit(plan.ring, chunk.start_frame, queries)
@@ -242,6 +314,8 @@ class EchoCache(CachePolicy):
             "layout": [slot_label(i) for i in slots], "tokens": region_tokens(slots, s),
             "cache_frames": len(slots), "cache_tokens": len(slots) * s,
             "budget_tokens": self.mem.window_frames * s, "cache_bytes": self.nbytes(),
+            # by place: the compute device (storage, context memo, staging) and the offloaded host storage
+            "gpu_bytes": (placed := self.nbytes_by_place())[GPU], "host_bytes": placed[HOST],
             "rope_t": region_times(slots, times), "query_t": times[plan.start:plan.start + plan.frames],
             "rope_jump": plan.jump, "clock_frame": plan.clock,
             "anchor_source_frames": [i.scene_frame for i in slots if i.region == ANCHOR],
@@ -267,7 +341,21 @@ class EchoCache(CachePolicy):
         return sum(t.numel() * t.element_size() for part in self._parts() for per_layer in part.allocated()
                    for t in per_layer.tensors())
 
+    def nbytes_by_place(self) -> dict[str, int]:
+        """Bytes per place. "gpu": everything on the compute device during a chunk (the cache's device storage,
+        the model's context memo, the staging buffers; also split out as "storage", "context", "staging");
+        "host": the offloaded storage (the scene pool apart: `pool.nbytes()`)."""
+        out = {GPU: 0, HOST: 0}
+        for part in self._parts():
+            for per_layer in part.allocated():
+                for place, t in per_layer.placed():
+                    out[place] += t.numel() * t.element_size()
+        out["storage"], out["context"], out["staging"] = out[GPU], self.context_nbytes(), self.stager.nbytes()
+        out[GPU] += out["context"] + out["staging"]
+        return out
+
     def release(self) -> None:
+        self.stager.release()
         self.release_context()
         for part in self._parts():
             part.release()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from echo_core.cache.placement import GPU, HOST, host_copy
 from echo_core.config import EchoConfig
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # one (k, v) [B, H, S, D] per layer
@@ -153,11 +154,15 @@ class SceneLayer:
     q_sum: torch.Tensor | None = None  # Σ q [H, D] float32 over the scene's commit passes (recall frames only)
     candidates: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # scene frame -> (k, v)
     first: tuple[torch.Tensor, torch.Tensor] | None = None  # the scene's first frame; kept past a switch
+    kv_place: str = GPU  # where candidates and the first frame live (read at scene events only)
 
     def tensors(self) -> list[torch.Tensor]:
-        out = [] if self.q_sum is None else [self.q_sum]
+        return [t for _, t in self.placed()]
+
+    def placed(self) -> list[tuple[str, torch.Tensor]]:
+        out = [] if self.q_sum is None else [(GPU, self.q_sum)]
         for kv in list(self.candidates.values()) + ([self.first] if self.first else []):
-            out.extend(kv)
+            out.extend((self.kv_place, t) for t in kv)
         return out
 
 
@@ -176,11 +181,15 @@ class SceneRecorder:
         self.scene: int | None = None
         self.finished = False
         self.q_count = 0  # queries summed into every layer's q_sum
+        self.host: torch.device | None = None  # candidates and first frame may live there
 
     def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
         q_sum = torch.zeros(like.shape[1], like.shape[3], dtype=torch.float32, device=like.device) \
             if self.recall else None
-        self.layers[layer] = SceneLayer(like.dtype, q_sum)
+        self.layers[layer] = SceneLayer(like.dtype, q_sum, kv_place=GPU if self.host is None else HOST)
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if self.host is None else host_copy(t, self.host)
 
     def allocated(self) -> list[SceneLayer]:
         return [sl for sl in self.layers if sl is not None]
@@ -202,9 +211,10 @@ class SceneRecorder:
             sl.q_sum += q.float().sum(dim=(0, 2))
             for j in range(k.shape[2] // s):
                 if local + j in self.sampled:
-                    sl.candidates[local + j] = (k[:, :, j * s:(j + 1) * s].clone(), v[:, :, j * s:(j + 1) * s].clone())
+                    sl.candidates[local + j] = (self._keep(k[:, :, j * s:(j + 1) * s]),
+                                                self._keep(v[:, :, j * s:(j + 1) * s]))
         if first:
-            sl.first = (k[:, :, :s].clone(), v[:, :, :s].clone())
+            sl.first = (self._keep(k[:, :, :s]), self._keep(v[:, :, :s]))
 
     def end_chunk(self, queries: int, first: bool, scene_end: bool) -> None:
         """After a committed chunk of `queries` query tokens (batch included)."""
@@ -242,8 +252,9 @@ class SceneRecorder:
             frames = sorted(sl.candidates)
             if not frames or sl.q_sum is None:
                 return
-            keys = torch.stack([sl.candidates[f][0] for f in frames], dim=2)
-            values = torch.stack([sl.candidates[f][1] for f in frames], dim=2)
+            dev = sl.q_sum.device  # fused where the scene's queries were summed (copied up from the host)
+            keys = torch.stack([sl.candidates[f][0] for f in frames], dim=2).to(dev, non_blocking=True)
+            values = torch.stack([sl.candidates[f][1] for f in frames], dim=2).to(dev, non_blocking=True)
             k, v = fuse_recall_frame(keys, values, sl.q_sum / self.q_count, mode=self.frames.mode,
                                      base_weight=self.frames.base_frame_weight)
             layers.append((k.to(sl.dtype), v.to(sl.dtype)))

@@ -13,16 +13,24 @@ from typing import Sequence
 
 import torch
 
+from echo_core.cache.placement import GPU, HOST, host_zeros, put
+
 
 @dataclass
 class FramesKV:
-    """K/V of whole frames for one layer: [B, H, frames*S, D] each, in the model's dtype."""
+    """K/V of whole frames for one layer: [B, H, frames*S, D] each, in the model's dtype; each on the compute
+    device ("gpu") or the offload device ("host")."""
 
     k: torch.Tensor
     v: torch.Tensor
+    k_place: str = GPU
+    v_place: str = GPU
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.k, self.v]
+
+    def placed(self) -> list[tuple[str, torch.Tensor]]:
+        return [(self.k_place, self.k), (self.v_place, self.v)]
 
 
 @dataclass(frozen=True)
@@ -34,21 +42,31 @@ class Move:
     from_source: bool = False
 
 
-def frames_like(like: torch.Tensor, frames: int, s: int) -> FramesKV:
-    """Zeroed storage for `frames` frames, shaped after a call's k [B, H, L, D] (dtype and device included)."""
+def frames_like(like: torch.Tensor, frames: int, s: int, k_host: torch.device | None = None,
+                v_host: torch.device | None = None) -> FramesKV:
+    """Zeroed storage for `frames` frames, shaped after a call's k [B, H, L, D] (dtype and device included);
+    keys and/or values on a host device instead when given."""
     b, h, _, d = like.shape
-    return FramesKV(like.new_zeros((b, h, frames * s, d)), like.new_zeros((b, h, frames * s, d)))
+    shape = (b, h, frames * s, d)
+
+    def zeros(host: torch.device | None) -> torch.Tensor:
+        return like.new_zeros(shape) if host is None else host_zeros(shape, like.dtype, host)
+
+    return FramesKV(zeros(k_host), zeros(v_host), GPU if k_host is None else HOST, GPU if v_host is None else HOST)
 
 
 class Window:
-    """The attention window of every layer (allocated at the layer's first call)."""
+    """The attention window of every layer (allocated at the layer's first call). With a `host` device the raw
+    keys live there (the model's rotated copy, the context memo, is their only device copy during a chunk) and the
+    values stay on the compute device; the chunk's own keys reach the host on its commit pass."""
 
     def __init__(self, num_layers: int, frames: int):
         self.frames = frames
         self.layers: list[FramesKV | None] = [None] * num_layers
+        self.host: torch.device | None = None
 
     def allocate(self, layer: int, like: torch.Tensor, s: int) -> None:
-        self.layers[layer] = frames_like(like, self.frames, s)
+        self.layers[layer] = frames_like(like, self.frames, s, k_host=self.host)
 
     def allocated(self) -> list[FramesKV]:
         return [kv for kv in self.layers if kv is not None]
@@ -65,7 +83,15 @@ class Window:
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Tokens [start, start + L) take k/v [B, H, L, D] (the chunk's own rows, or the compressed region)."""
         kv = self.get(layer)
-        kv.k[:, :, start:start + k.shape[2]] = k
+        put(kv.k[:, :, start:start + k.shape[2]], k)
+        kv.v[:, :, start:start + v.shape[2]] = v
+
+    def write_own(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, commit: bool) -> None:
+        """The chunk's own rows. Offloaded keys go down on the commit pass only (the one the next chunk keeps;
+        the denoising calls' keys reach attention through the memo)."""
+        kv = self.get(layer)
+        if self.host is None or commit:
+            put(kv.k[:, :, start:start + k.shape[2]], k)
         kv.v[:, :, start:start + v.shape[2]] = v
 
     def view(self, layer: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,8 +109,8 @@ class Window:
                 if frm is None:
                     raise RuntimeError(f"layer {layer}: an anchor re-insertion without an anchor source")
                 # moves go leftwards in ascending order, so each source is read before it is overwritten
-                kv.k[:, :, dst] = frm.k[:, :, src]
-                kv.v[:, :, dst] = frm.v[:, :, src]
+                put(kv.k[:, :, dst], frm.k[:, :, src])
+                put(kv.v[:, :, dst], frm.v[:, :, src])
 
     def rebuild(self, frames: int, memory_frames: int, old_recent: int, s: int,
                 memory: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None) -> None:
