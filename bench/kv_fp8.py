@@ -9,7 +9,7 @@
    model-dtype policy and its fp8 row, generated side by side chunk by chunk.
 
     python bench/kv_fp8.py                       # rolling vs rolling-fp8 (a few minutes on 2 CPU cores)
-    python bench/kv_fp8.py --policies echo       # once the echo cache stores fp8
+    python bench/kv_fp8.py --policies echo       # Echo vs Echo-fp8
     python bench/kv_fp8.py --quick               # toy parts on one short timeline (a busy shared CPU)
 
 Writes kv_fp8.md / kv_fp8.json under --out (default bench/results).
@@ -34,6 +34,8 @@ for _path in (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resol
 import memory_quality as mqb  # noqa: E402
 import mq_metrics as mq  # noqa: E402
 
+from echo_core.cache.kv_quant import FLOAT8  # noqa: E402
+from echo_core.config import EchoConfig  # noqa: E402
 from echo_core.model.config import get_preset  # noqa: E402
 from echo_core.model.wan import CausalWanModel  # noqa: E402
 from echo_core.run import RunInputs, start_run  # noqa: E402
@@ -58,6 +60,13 @@ def _deviation(exact: torch.Tensor, fp8: torch.Tensor, fpc: int = 3) -> dict[str
             "chunk2_mean_abs": float(second.mean())}
 
 
+def _tiny_policy(name: str) -> Any:
+    """The tiny-random run's policy by row name: Echo with its default 3-frame memory (no toy bundle to ask)."""
+    if name.startswith("echo"):
+        return EchoConfig(kv_dtype=FLOAT8 if name.endswith("-fp8") else "model")
+    return mqb.policy_of(name, None, None)  # type: ignore[arg-type]
+
+
 def tiny_random(policy: str, full_size: bool) -> dict[str, Any]:
     """tiny preset, random weights (seed 0), bf16, one scene long enough for the window to roll over."""
     torch.manual_seed(0)
@@ -71,7 +80,7 @@ def tiny_random(policy: str, full_size: bool) -> dict[str, Any]:
     runs = {}
     for name in (policy, f"{policy}-fp8"):
         t0 = time.perf_counter()
-        latents, report = start_run(model, mqb.policy_of(name, None, None), inputs).collect()  # type: ignore[arg-type]
+        latents, report = start_run(model, _tiny_policy(name), inputs).collect()
         runs[name] = (latents, report, time.perf_counter() - t0)
     (a, ra, ta), (b, rb, tb) = runs.values()
     tokens = (height // 16) * (width // 16)
@@ -162,7 +171,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policies", default="rolling", help="base policy compared with its fp8 row (rolling, flush)")
+    ap.add_argument("--policies", default="rolling", help="base policy compared with its fp8 row "
+                    "(rolling, flush, echo)")
     ap.add_argument("--quick", action="store_true", help="toy parts with memory_quality's quick settings (one "
                                                          "short timeline, 3 steps)")
     ap.add_argument("--full-size", action="store_true", help="tiny-random at 480x832 (1560 tokens per frame)")

@@ -13,13 +13,14 @@ measurement: what the budget formula (echo_core/budget.py) says, and the differe
   float32/int32 state and the staging buffers; on the host the raw window keys, history ring, anchor source,
   recall candidates and first frame (measured with a second CPU device object as the host);
 * echo, not offloaded (`offload=None`, a CPU run): everything on the device, for reference;
+* echo + fp8 K/V (`EchoConfig(kv_dtype="float8_e4m3fn")`, offloaded): the window's K and V in fp8 with float32
+  scales, both on the device, no rotated-key memo (keys rotated per call: activations), the history ring's
+  staging buffers; the side state (model dtype) on the host;
 * pool: one finished scene in the scene pool (host).
 
     python bench/memory_footprint.py            # table
     python bench/memory_footprint.py --json     # one JSON object (totals for 30 layers, 832x480)
 
-Echo with fp8 K/V needs the fp8 branch's primitives: until they are merged its row says so and
-`echo_fp8_gpu_bytes` is null.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ for _path in (str(Path(__file__).resolve().parents[1]),):
 from echo_core.budget import human, policy_budget  # noqa: E402
 from echo_core.cache.base import CachePolicy, CallInfo, ChunkInfo  # noqa: E402
 from echo_core.cache.echo.policy import EchoCache  # noqa: E402
+from echo_core.cache.kv_quant import FLOAT8 as FP8  # noqa: E402
 from echo_core.cache.rolling import RollingCache  # noqa: E402
 from echo_core.config import EchoConfig  # noqa: E402
 from echo_core.model.config import preset_with  # noqa: E402
@@ -77,9 +79,10 @@ def drive(policy: CachePolicy, grid: tuple[int, int], layers: int, heads: int, h
     return peak
 
 
-def _echo(layers: int, grid: tuple[int, int], cfg: Any, dtype: torch.dtype, offload: Any) -> dict[str, Any]:
+def _echo(layers: int, grid: tuple[int, int], cfg: Any, dtype: torch.dtype, offload: Any,
+          kv_dtype: str = "model") -> dict[str, Any]:
     """One Echo run; bytes by place scaled to MODEL_LAYERS."""
-    echo = EchoCache(layers, EchoConfig(), offload=offload)
+    echo = EchoCache(layers, EchoConfig(kv_dtype=kv_dtype), offload=offload)
     context = drive(echo, grid, layers, cfg.num_heads, cfg.head_dim, dtype)
     placed = echo.nbytes_by_place()
     scale = MODEL_LAYERS / layers
@@ -102,10 +105,12 @@ def measure(height: int, width: int, layers: int = 1, dtype: torch.dtype = torch
     rolling.release()
     off = _echo(layers, grid, cfg, dtype, "cpu")
     direct = _echo(layers, grid, cfg, dtype, None)
+    fp8 = _echo(layers, grid, cfg, dtype, "cpu", FP8)
     scenes = off["scenes"]
     b = policy_budget(full, height, width, 3, "echo", kv_dtype=dtype)
     bd = policy_budget(full, height, width, 3, "echo", kv_dtype=dtype, offload=False)
     br = policy_budget(full, height, width, 3, "rolling", kv_dtype=dtype)
+    bf = policy_budget(full, height, width, 3, EchoConfig(kv_dtype=FP8), kv_dtype=dtype)
     row = {
         "size": f"{width}x{height}", "tokens_per_frame": grid[0] * grid[1],
         "window_bytes": window,
@@ -117,13 +122,16 @@ def measure(height: int, width: int, layers: int = 1, dtype: torch.dtype = torch
         "pool_scenes": scenes,
         "echo_context_bytes": off["context"], "echo_staging_bytes": off["staging"],
         "echo_unoffloaded_gpu_bytes": direct["gpu"],
-        "echo_fp8_gpu_bytes": None,
+        "echo_fp8_gpu_bytes": fp8["gpu"], "echo_fp8_host_storage_bytes": fp8["host"],
+        "echo_fp8_over_echo": round(fp8["gpu"] / off["gpu"], 4),
         "formula": {
             "window_bytes": br.window_bytes, "rolling_gpu_bytes": br.device_bytes,
             "echo_gpu_bytes": b.device_bytes - b.gpu["compressed_index"],  # int64 origins: not in nbytes
             "echo_host_bytes": b.host_bytes(scenes), "echo_host_storage_bytes": b.host_storage_bytes,
             "pool_bytes_per_scene": b.pool_bytes_per_scene, "echo_host_max_bytes": b.host_bytes(),
             "echo_unoffloaded_gpu_bytes": bd.device_bytes - bd.gpu["compressed_index"],
+            "echo_fp8_gpu_bytes": bf.device_bytes - bf.gpu["compressed_index"],
+            "echo_fp8_host_storage_bytes": bf.host_storage_bytes,
             "echo_gpu_components": {**b.gpu, **{f"context:{k}": v for k, v in b.context.items()}},
             "echo_host_components": b.host, "pool_components": b.pool,
             "weights_bytes_bf16": b.weights_bytes, "activation_bytes": b.activation_bytes,
@@ -144,7 +152,7 @@ def main() -> None:
         out = {k: first[k] for k in ("window_bytes", "echo_gpu_bytes", "echo_host_bytes", "pool_bytes_per_scene",
                                      "echo_fp8_gpu_bytes", "pool_scenes", "tokens_per_frame", "rolling_gpu_bytes",
                                      "echo_host_storage_bytes", "echo_context_bytes", "echo_staging_bytes",
-                                     "echo_unoffloaded_gpu_bytes")}
+                                     "echo_unoffloaded_gpu_bytes", "echo_fp8_over_echo")}
         out.update(layers=MODEL_LAYERS, dtype="bfloat16", measured_layers=args.layers, sizes=rows,
                    echo_gpu_over_window=round(first["echo_gpu_bytes"] / first["window_bytes"], 4))
         print(json.dumps(out))
@@ -160,11 +168,12 @@ def main() -> None:
                 ("echo (offloaded)", r["echo_gpu_bytes"], f["echo_gpu_bytes"], r["echo_host_storage_bytes"],
                  r["pool_bytes_per_scene"]),
                 ("echo (not offloaded)", r["echo_unoffloaded_gpu_bytes"], f["echo_unoffloaded_gpu_bytes"], 0,
+                 r["pool_bytes_per_scene"]),
+                ("echo + fp8 KV", r["echo_fp8_gpu_bytes"], f["echo_fp8_gpu_bytes"], r["echo_fp8_host_storage_bytes"],
                  r["pool_bytes_per_scene"])):
             diff = f"{100 * (fgpu - gpu) / gpu:+.2f}%"
             print(f"{name:<22}{r['size']:<9}{human(gpu):>16}{human(fgpu):>16}{diff:>8}"
                   f"{gpu / r['window_bytes']:>10.2f}{human(host):>12}{human(per):>13}")
-        print(f"{'echo + fp8 KV':<22}{r['size']:<9}{'n/a (needs the fp8 branch)':>40}")
     f = rows[0]["formula"]
     print("echo on the device (formula, 30 layers): "
           + ", ".join(f"{k} {human(v)}" for k, v in f["echo_gpu_components"].items()))

@@ -138,7 +138,7 @@ def policy_budget(cfg: WanConfig, height: int, width: int, frames_per_chunk: int
         pool = _echo_pool_scene(echo, frame)
         window: int | None = echo.memory.window_frames
         pool_max = echo.recall_frames.pool_max_size
-        staging = _echo_staging(echo, frame) if offload else 0
+        staging = _echo_staging(echo, frame, quantized=storage != MODEL) if offload else 0
     elif name in ("rolling", "flush"):
         window = ROLLING_WINDOW_FRAMES
         per_layer, pool, pool_max = {"window": 2 * window * stored}, {}, 0
@@ -158,7 +158,8 @@ def policy_budget(cfg: WanConfig, height: int, width: int, frames_per_chunk: int
     act = activation_bytes(cfg, s, frames_per_chunk, attended, e, guidance=guidance, batch=batch,
                            weighted=echo is not None, scene_end=pool_all.get("recall_frame", 0),
                            dequantised=storage != MODEL)
-    context = {"rotated_keys": cfg.num_layers * attended * frame}
+    # the model's rotated-key memo; Echo in fp8 lends none (keys rotated per call: activations)
+    context = {} if echo is not None and storage != MODEL else {"rotated_keys": cfg.num_layers * attended * frame}
     return Budget(name, cfg.num_layers, s, window, str(kv_dtype).removeprefix("torch."), gpu, pool_all, pool_max,
                   weights_bytes(cfg, model_dtype or kv_dtype), act, context, storage,
                   {k: v * cfg.num_layers for k, v in host.items()}, 2 * attended * stored * cfg.num_layers)
@@ -196,12 +197,14 @@ def echo_source_frames(config: EchoConfig) -> int:
 def _echo_layer(config: EchoConfig, s: int, heads: int, head_dim: int, e: int, batch: int,
                 offload: bool, stored: int | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Bytes one layer of EchoCache holds at most, per stored tensor (the `allocate` of each echo module), as
-    (on the device, on the host). Frame-sized K/V are `stored` bytes per frame (the model's dtype, `e` bytes per
-    element, or fp8 with scales: stored_frame_bytes); weights, rates, sums and counts in float32/int32 stay on the
-    device; offloaded, the frame-sized side state and the raw window keys move to the host."""
+    (on the device, on the host). The window's K/V are `stored` bytes per frame (the model's dtype, `e` bytes per
+    element, or fp8 with scales: stored_frame_bytes), the frame-sized side state the model dtype; weights, rates,
+    sums and counts in float32/int32 stay on the device; offloaded, the side state moves to the host, and so do
+    the raw window keys unless they are fp8 (an fp8 window stays on the device whole)."""
     mem = config.memory
     w = mem.window_frames
-    frame = batch * heads * s * head_dim * e if stored is None else stored
+    frame = batch * heads * s * head_dim * e
+    window = frame if stored is None else stored
     gpu = {"weights_rates": 2 * w * s * F32}  # w, rates [W*S]
     side = {"first_frame": 2 * frame}  # select: the scene's first frame, kept from its first commit on
     if mem.compressed_frames > 0:
@@ -216,15 +219,17 @@ def _echo_layer(config: EchoConfig, s: int, heads: int, head_dim: int, e: int, b
         side["recall_candidates"] = 2 * len(config.recall_frames.sampled_frames()) * frame  # frames 0, 4, 8
         gpu["recall_query_sum"] = heads * head_dim * F32
     if not offload:
-        return {"window": 2 * w * frame, **gpu, **side}, {}
+        return {"window": 2 * w * window, **gpu, **side}, {}
+    if window != frame:
+        return {"window": 2 * w * window, **gpu}, side
     return {"window_values": w * frame, **gpu}, {"window_keys": w * frame, **side}
 
 
-def _echo_staging(config: EchoConfig, frame: int) -> int:
-    """Device buffers of an offloading EchoCache (placement.Stager): two layers of raw window keys, and of the
-    history ring's keys and values when the memory compresses."""
+def _echo_staging(config: EchoConfig, frame: int, quantized: bool = False) -> int:
+    """Device buffers of an offloading EchoCache (placement.Stager): two layers of raw window keys (none when the
+    window is fp8: it stays on the device), and of the history ring's keys and values when the memory compresses."""
     w = config.memory.window_frames
-    kinds = 3 if config.memory.compressed_frames > 0 else 1
+    kinds = (2 if config.memory.compressed_frames > 0 else 0) + (0 if quantized else 1)
     return 2 * kinds * w * frame
 
 

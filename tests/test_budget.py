@@ -196,12 +196,15 @@ def test_footprint_bench_json(monkeypatch, capsys):
     bench.main()
     out = json.loads(capsys.readouterr().out)
     for key in ("window_bytes", "echo_gpu_bytes", "echo_host_bytes", "pool_bytes_per_scene", "rolling_gpu_bytes",
-                "echo_unoffloaded_gpu_bytes"):
+                "echo_unoffloaded_gpu_bytes", "echo_fp8_gpu_bytes"):
         assert out[key] > 0
         assert abs(out["sizes"][0]["formula"][key] - out[key]) <= 0.01 * out[key], key
-    assert out["echo_fp8_gpu_bytes"] is None and out["pool_scenes"] == 3
+    assert out["pool_scenes"] == 3
+    # issue 12's fp8 bound: the fp8 window on the device, no rotated-key memo, at most 0.55x of model-dtype Echo
+    assert out["echo_fp8_gpu_bytes"] <= 0.55 * out["echo_gpu_bytes"]
+    assert out["echo_fp8_over_echo"] == round(out["echo_fp8_gpu_bytes"] / out["echo_gpu_bytes"], 4)
     # issue 12's bound holds at these grids too; without offload Echo held over 3 windows
     assert out["echo_gpu_bytes"] <= 1.5 * out["window_bytes"] < out["echo_unoffloaded_gpu_bytes"]
     monkeypatch.setattr(sys, "argv", ["memory_footprint.py"])
     bench.main()
-    assert "n/a (needs the fp8 branch)" in capsys.readouterr().out
+    assert "echo + fp8 KV" in capsys.readouterr().out

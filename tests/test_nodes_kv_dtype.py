@@ -1,5 +1,5 @@
 """kv_dtype on the Scene Memory Cache node (in-process host): the choice is checked by name, the budget follows
-it, a request or workflow without it means "model", and an fp8 rolling memory reaches the run."""
+it, a request or workflow without it means "model", and fp8 rolling and Echo memories reach the run."""
 
 from __future__ import annotations
 
@@ -45,19 +45,25 @@ def test_fp8_budget_on_the_node_is_about_half(n):
     out = _memory(n, "rolling", FP8)
     fp8 = json.loads(out.args[1])
     assert plain["kv_storage"] == "model" and fp8["kv_storage"] == FP8
-    assert fp8["gpu_bytes"] / plain["gpu_bytes"] == pytest.approx((1 + 4 / 128) / 2)  # Wan 1.3B, bf16 model
+    # Wan 1.3B, bf16 model: the window (2 of 3 parts) at (1 + 4/128)/2, its bf16 rotated-key memo (1 of 3) as is
+    assert fp8["gpu_bytes"] / plain["gpu_bytes"] == pytest.approx(((1 + 4 / 128) / 2 * 2 + 1) / 3)
     assert "K/V stored as float8_e4m3fn" in out.ui["text"][0]
     assert out.args[0].kv_dtype == FP8
 
 
-def test_echo_with_fp8_is_refused_on_the_node_until_the_echo_cache_stores_it(n):
-    from echo_core.cache.echo.policy import EchoCache
-
-    if FP8 in getattr(EchoCache, "kv_dtypes", ()):
-        pytest.fail("EchoCache stores fp8 now: test the echo budget and run here instead")
-    with pytest.raises(ValueError) as e:
-        _memory(n, "echo", FP8)
-    assert e.value.field == "kv_dtype" and "rolling" in str(e.value)
+def test_echo_with_fp8_on_the_node_budgets_and_runs_through_the_sampler(n):
+    plain = json.loads(_memory(n, "echo", None).args[1])
+    out = _memory(n, "echo", FP8)
+    fp8 = json.loads(out.args[1])
+    assert plain["kv_storage"] == "model" and fp8["kv_storage"] == FP8
+    assert fp8["gpu_bytes"] < 0.55 * plain["gpu_bytes"]  # offloaded Echo at Wan 1.3B, bf16 model
+    toy = n["loader"].LoadARVideoModel.execute(TOY, "fp32", "auto").args[0]
+    enc = n["toy"].EchoToyTextEncoder.execute().args[0]
+    spec = n["timeline"].PromptTimeline.execute(enc, "a red circle bouncing on a blue striped background [1s]",
+                                                16.0, "smooth").args[0]
+    run = n["sampler"].EchoForcingSampler.execute(toy, spec, 0, 48, 48, 2, out.args[0])
+    report = json.loads(next(a for a in run.args if isinstance(a, str) and a.startswith("{")))
+    assert report["policy"] == "echo" and report["budget"]["kv_storage"] == FP8
 
 
 def test_budget_route_without_kv_dtype_means_model_and_names_a_bad_one(n):

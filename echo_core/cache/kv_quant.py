@@ -10,7 +10,8 @@ per 128-byte head row at Wan's head_dim (3 % over the fp8 payload, K/V at 0.52x 
 range (an fp16 scale underflows for quiet tokens, amax / 448 < 6e-5) and it is exact, so the only error is the
 e4m3 rounding of the values (relative error at most 2**-4 of the token's amax per head).
 
-How a cache uses it (rolling.py and flush.py do; the Echo cache is to follow):
+How a cache uses it (rolling.py and flush.py do; the Echo window keeps its own fp8 + scale tensors the same
+way, echo/window.py):
 * one `KVBuffer(shape, model_dtype, device, kv_dtype)` per frame-sized K or V store, built lazily from the first
   k/v it sees (`storage_dtype` refuses fp8 on a device that cannot hold it);
 * `write_blocks(starts, size, k)` puts a chunk's frames into their slots (quantised once per chunk);

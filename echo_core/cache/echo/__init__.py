@@ -16,6 +16,8 @@ versus the official window + k_original + v_original + k_raw + history + 12 cand
 (`offload`, echo_core.cache.placement): on CUDA by default the raw window keys, the history ring, the anchor source,
 the recall candidates and the first frame sit in pinned host memory and are staged up one layer ahead when read;
 the device keeps the window's values, the model's rotated keys (their only device copy) and the small state.
+With kv_dtype "float8_e4m3fn" the window's K and V are fp8 with float32 scales and both stay on the device, and the
+model rotates the keys per call (no memo); the side state is unchanged (model dtype, on the host when offloading).
 The scene pool lives on `pool_device` (default CPU, like the official code, so pooled scenes cost host RAM, not GPU
 memory, and a switch pays one host->device copy of one frame per layer) in the model dtype (official: float32).
 """

@@ -17,7 +17,7 @@ Re-inserted anchors come from the `AnchorSource`, a per-layer copy of the scene'
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -286,7 +286,7 @@ class AnchorSource:
         for j, p in mirror:
             self.meta[p] = SlotInfo(ANCHOR, start_frame + j, local + j)
 
-    def restart(self, slots: list[SlotInfo], window: list[FramesKV | None], keep: int, s: int) -> None:
+    def restart(self, slots: list[SlotInfo], window: Iterable[FramesKV | None], keep: int, s: int) -> None:
         """A switch: the `keep` frames left at the window head (`slots`) become the new source's first frames."""
         self.meta = [None] * self.capacity
         for p, info in enumerate(slots[:self.capacity]):

@@ -19,6 +19,9 @@ Where this differs from the official code (spec references; defaults otherwise r
   scene end not flagged by the sampler is finished at the next switch. Without a router, recall takes the
   manual or newest pool scene with jump = rope_jump.value.
 * A chunk shorter than frames_per_chunk (e.g. a 1-frame start-image prefill) is accepted while the window fills.
+* Ours: kv_dtype "float8_e4m3fn" keeps the window's K and V in fp8 on the compute device (window.py) and attends
+  without the rotated-key memo (keys rotated per call from the dequantised span, one layer's temporaries); the
+  side state stays in the model dtype (on the host when offloading).
 * Ours: saved scenes (the scene library) are pre-loaded into the pool; `@name` recalls one by name, and a video may
   open with a recall (`open_with`): the first chunk starts from [recall frame] exactly as after a recall switch.
 """
@@ -46,11 +49,14 @@ from echo_core.cache.echo.memory import (
 from echo_core.cache.echo.recall import ScenePool, SceneRecorder
 from echo_core.cache.echo.transitions import mode_name, plan_switch, requested_source
 from echo_core.cache.echo.window import Window
+from echo_core.cache.kv_quant import KV_DTYPES
 from echo_core.cache.placement import GPU, HOST, Stager, resolve_offload, sync
 from echo_core.config import EchoConfig
 
 
 class EchoCache(CachePolicy):
+    kv_dtypes = KV_DTYPES  # the K/V storages it implements (run.check_echo_kv_dtype)
+
     def __init__(self, num_layers: int, config: EchoConfig | None = None, router: Any = None,
                  pool_device: torch.device | str = "cpu", offload: Any = "auto"):
         """`offload`: where the raw window keys and the side state live ("auto": pinned CPU memory when the model
@@ -63,7 +69,7 @@ class EchoCache(CachePolicy):
         self.router = router
         self.pool = ScenePool(self.config.recall_frames.pool_max_size, pool_device)
         self.layout = Layout(self.mem)
-        self.window = Window(num_layers, self.mem.window_frames)
+        self.window = Window(num_layers, self.mem.window_frames, self.config.kv_dtype)
         self.source = AnchorSource(num_layers, self.config)
         self.ring = HistoryRing(num_layers, self.mem)
         self.scenes = SceneRecorder(num_layers, self.config, self.pool)
@@ -76,6 +82,7 @@ class EchoCache(CachePolicy):
         self._opening_tensors: tuple | None = None  # that switch's tensor edits, replayed as layers allocate
         self._offload = offload
         self._compute: torch.device | None = None  # resolved at the first call, with the host device
+        self._host: torch.device | None = None
         self.stager = Stager()  # device copies of host keys, one layer ahead
 
     def open_with(self, transition: Any) -> None:
@@ -134,14 +141,16 @@ class EchoCache(CachePolicy):
     @property
     def host(self) -> torch.device | None:
         """The offload device, or None when everything lives on the compute device."""
-        return self.window.host
+        return self._host
 
     def _place(self, compute: torch.device) -> None:
         """At the first call: the compute device is known, so is where each part keeps its host-side state."""
         self._compute = compute
         host = resolve_offload(self._offload, compute)
-        for part in (self.window, self.source, self.ring, self.scenes):
+        self._host = host
+        for part in (self.source, self.ring, self.scenes):
             part.host = host
+        self.window.host = None if self.window.quantized else host  # fp8 keys stay on the device (window.py)
 
     def _prefetch(self, layer: int) -> None:
         """Start copying what `layer`'s first call of the chunk reads from the host: its raw window keys, and its
@@ -151,7 +160,8 @@ class EchoCache(CachePolicy):
         kv = self.window.layers[layer]
         if kv is None:
             return
-        self.stager.prefetch("window_k", layer, kv.k, len(self.slots) * self._plan_s(), self._compute)
+        if self.window.host is not None:
+            self.stager.prefetch("window_k", layer, kv.k, len(self.slots) * self._plan_s(), self._compute)
         rl = self.ring.layers[layer]
         if layer in self._progress.pending_compress and rl is not None:
             self.stager.prefetch("ring_k", layer, rl.k, rl.k.shape[2], self._compute)
@@ -197,7 +207,7 @@ class EchoCache(CachePolicy):
         """A switch's edits of the allocated layers' tensors: window [memory | old recent], anchor source, decay.
         Idempotent on layers already edited, so the opening replays it as each layer allocates."""
         self.window.rebuild(frames, r, o, s, memory)
-        self.source.restart(slots, self.window.layers, r + o, s)
+        self.source.restart(slots, self.window.readable(), r + o, s)
         self.decay.start(decay, s)
 
     # ------------------------------------------------------------------------------------------ attention
@@ -229,7 +239,11 @@ class EchoCache(CachePolicy):
         n = len(self.slots) * s
         q_pos, k_pos = self._positions(layer, plan, k.device)
         keys, values = self.window.view(layer, n)
-        if self.host is not None:
+        if self.window.quantized:  # the chunk's own rows unrounded; rotated per call, no memo (window.py)
+            a, b = plan.own_rows
+            keys[:, :, a:b], values[:, :, a:b] = k, v
+            return AttentionInputs(q_pos, [KVSpan(keys, values, k_pos, self.decay.weights(layer, n))])
+        if self.window.host is not None:
             keys = self._device_keys(layer, n, k, compressed, plan)
         span = KVSpan(keys, values, k_pos, self.decay.weights(layer, n))
         return self.reusable(layer, q_pos, span, (plan.own_rows,))
