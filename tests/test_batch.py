@@ -267,7 +267,7 @@ def _interrupt_after(cmd: list[str], out: Path, records: int, sig: signal.Signal
     """Start the batch, send `sig` once the manifest holds `records` whole records; (exit status, stdout)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded 2-core machine needs minutes for two toy tasks
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if len(Manifest(out).load()) >= records:

@@ -40,7 +40,7 @@ def test_kv_dtype_is_a_checked_choice(n):
     assert e.value.field == "kv_dtype"
 
 
-def test_fp8_budget_on_the_node_is_about_half(n):
+def test_fp8_budget_on_the_node_halves_the_stored_window(n):
     plain = json.loads(_memory(n, "rolling", None).args[1])
     out = _memory(n, "rolling", FP8)
     fp8 = json.loads(out.args[1])
