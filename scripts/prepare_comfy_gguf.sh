@@ -15,19 +15,11 @@ DEST="$CACHE/ComfyUI-GGUF"
 MARKER=".echo-gguf-795e451"
 GGUF_PIN="gguf==0.19.0"  # ComfyUI-GGUF asks for gguf>=0.13.0; one version for both hosts
 
-find_tarball() {
-    local d
-    for d in "${ECHO_HOSTS_DIR:-}" "$ROOT/../shared/hosts" "$ROOT/../../shared/hosts" "$ROOT/shared/hosts"; do
-        if [ -n "$d" ] && [ -f "$d/$TARBALL_NAME" ]; then
-            echo "$(cd "$d" && pwd)/$TARBALL_NAME"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=find_host_tarball.sh
+source "$ROOT/scripts/find_host_tarball.sh"
 
 if [ ! -f "$DEST/$MARKER" ]; then
-    tarball="$(find_tarball)" || {
+    tarball="$(find_host_tarball "$TARBALL_NAME")" || {
         echo "prepare_comfy_gguf: $TARBALL_NAME not found in \$ECHO_HOSTS_DIR, ../shared/hosts," \
              "../../shared/hosts or shared/hosts (relative to $ROOT)" >&2
         exit 1

@@ -18,19 +18,11 @@ HOST_MARKER=".echo-host-ready"
 # Same pair as scripts/setup_env.sh (the one torchvision that imports beside the CPU-capable torch here).
 TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
 
-find_tarball() {
-    local d
-    for d in "${ECHO_HOSTS_DIR:-}" "$ROOT/../shared/hosts" "$ROOT/../../shared/hosts" "$ROOT/shared/hosts"; do
-        if [ -n "$d" ] && [ -f "$d/$TARBALL_NAME" ]; then
-            echo "$(cd "$d" && pwd)/$TARBALL_NAME"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=find_host_tarball.sh
+source "$ROOT/scripts/find_host_tarball.sh"
 
 if [ ! -f "$HOST/$HOST_MARKER" ]; then
-    tarball="$(find_tarball)" || {
+    tarball="$(find_host_tarball "$TARBALL_NAME")" || {
         echo "prepare_comfy_host_080: $TARBALL_NAME not found in \$ECHO_HOSTS_DIR, ../shared/hosts," \
              "../../shared/hosts or shared/hosts (relative to $ROOT)" >&2
         exit 1

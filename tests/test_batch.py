@@ -265,8 +265,11 @@ def test_batch_runs_without_ray_installed(tmp_path):
 
 def _interrupt_after(cmd: list[str], out: Path, records: int, sig: signal.Signals) -> tuple[int, str]:
     """Start the batch, send `sig` once the manifest holds `records` whole records; (exit status, stdout)."""
+    # A suite started in the background (`cmd &`) inherits SIGINT ignored, and Python then never turns Ctrl-C into
+    # KeyboardInterrupt: give the batch the default disposition, as a terminal would.
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300  # a loaded 2-core machine needs minutes for two toy tasks
     try:
         while time.monotonic() < deadline and proc.poll() is None:
