@@ -85,6 +85,12 @@ class Steering:
             self._contexts = {s.prompt: c for s, c in zip(timeline.scenes, contexts)}
             self._check = check
 
+    def _bound(self) -> tuple[LiveTimeline, Timeline]:
+        """The live timeline and its schedule; the chunk loop only runs after `bind`."""
+        if self._live is None or self._timeline is None:
+            raise RuntimeError("Steering.bind must be called before the run's chunk loop")
+        return self._live, self._timeline
+
     # ------------------------------------------------------------------------------------------ front ends
     def submit(self, edit: Edit, *, line: int | None = None) -> dict[str, Any]:
         """Apply `edit` at the next boundary; returns {"accepted", "applies_at_chunk", "timeline"}. Raises
@@ -146,20 +152,21 @@ class Steering:
         with self._lock:
             self._done, self._in_progress = chunk, False
             self._apply_script(chunk)
-            if chunk >= self._live.total_chunks and not self._live.stopped:  # type: ignore[union-attr]
+            live, _ = self._bound()
+            if chunk >= live.total_chunks and not live.stopped:
                 self._wait(chunk)
-            if chunk < self._live.total_chunks:  # type: ignore[union-attr]
+            live, tl = self._bound()  # the wait may have taken edits
+            if chunk < live.total_chunks:
                 self._in_progress = True
-                if self._live.scenes[self._live.scene_of_chunk(chunk)].mode is TransitionMode.RECALL:  # type: ignore
+                if live.scenes[live.scene_of_chunk(chunk)].mode is TransitionMode.RECALL:
                     self._recall_happened = True
             else:
                 self._state = "done"
             if self._version == self._delivered:
                 return None
             self._delivered = self._version
-            tl = self._timeline
-            contexts = tuple(self._contexts[s.prompt] for s in tl.scenes)  # type: ignore[union-attr]
-            return TimelineUpdate(tl, contexts, self.routing_encoder())  # type: ignore[arg-type]
+            contexts = tuple(self._contexts[s.prompt] for s in tl.scenes)
+            return TimelineUpdate(tl, contexts, self.routing_encoder())
 
     def chunk_done(self, index: int) -> None:
         """Chunk `index` is finished (called by the run as it hands the chunk out): edits now apply at the next."""
@@ -183,7 +190,8 @@ class Steering:
             except EchoError as e:
                 raise InputError(f"{self.script_label} edit at chunk {chunk} ({edit.action}): {e.field}",
                                  e.detail) from None
-        if self._script and (chunk >= self._live.total_chunks or self._live.stopped):  # type: ignore[union-attr]
+        live, _ = self._bound()
+        if self._script and (chunk >= live.total_chunks or live.stopped):
             nxt = self._script[0]
             raise InputError(f"{self.script_label} edit at chunk {nxt.chunk} ({nxt.action}): chunk",
                              f"the video ended after {chunk} chunks (numbered from 0); apply it at chunk "
@@ -194,7 +202,7 @@ class Steering:
             return
         self._state = "waiting"
         deadline = time.monotonic() + self.wait_seconds
-        while chunk >= self._live.total_chunks and not self._live.stopped:  # type: ignore[union-attr]
+        while chunk >= self._bound()[0].total_chunks and not self._bound()[0].stopped:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
