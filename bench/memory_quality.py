@@ -15,11 +15,13 @@ measurable: long single scenes (the hierarchy: do the scene's landmarks and obje
 have left the window?) and smooth switches that keep the background and one object but replace the other (the
 decay: does the dropped object linger?). Every comparison is paired per timeline (same seeds), with a bootstrap
 95% interval (mq_stats.py). Echo's recall of a saved scene (scene library: the recalled scene saved to a file and
-recalled in a new video) gets its own rows (mq_saved_scene.py). With several models (--model label=folder) each
-gets its own row set. Writes memory_quality.md / .png / .json.
+recalled in a new video) gets its own rows (mq_saved_scene.py). Each model gets its own row set: by default the
+two bundled ones (loader.BUNDLED_MODELS: "training-free", trained only as Self-Forcing is, the main subject, then
+"layout-aware", trained on Echo's cache layouts too); --model label=folder names others, --weights runs one.
+Writes memory_quality.md / .png / .json.
 
-    python bench/memory_quality.py            # full run (about 5-10 minutes on 2 CPU cores)
-    python bench/memory_quality.py --quick    # a small end-to-end run (tests)
+    python bench/memory_quality.py            # both bundled models (about 15 minutes each on 2 CPU cores)
+    python bench/memory_quality.py --quick --weights echo_core/toy/weights   # a small end-to-end run (tests)
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from echo_core.sampler import SamplerConfig  # noqa: E402
 from echo_core.session import MemorySpec  # noqa: E402
 from echo_core.toy.demo import DEMO_TIMELINE  # noqa: E402
 from echo_core.toy.grammar import ObjectSpec, SceneSpec, describe, smooth_variant, world_shapes, world_spec  # noqa: E402
-from echo_core.toy.loader import ToyBundle, load_toy_model  # noqa: E402
+from echo_core.toy.loader import BUNDLED_MODELS, ToyBundle, load_toy_model  # noqa: E402
 from echo_core.toy.run import start_toy_run, timeline_spec  # noqa: E402
 from echo_core.toy.scorer import chance_level  # noqa: E402
 
@@ -423,7 +425,7 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
     result = {
         "settings": st.__dict__, "policies": list(POLICIES), "table": table, "chance_gt": chance,
         "model": {"world": bundle.world, "data_mode": bundle.data_mode,
-                  "weights": str(weights) if weights is not None else "bundled"},
+                  "weights": display_path(weights)},
         "paired": paired, "per_timeline_values": values,
         "decay_timelines": [dt.text for dt in families["decay_timelines"]],
         "hier_timelines": [text for _, _, text in families["hier_timelines"]],
@@ -435,12 +437,29 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "memory_quality.json").write_text(json.dumps(result, indent=1))
-    write_markdown(result, out_dir / "memory_quality.md")
-    if saved_scene is not None:
-        with open(out_dir / "memory_quality.md", "a") as f:
-            f.write("\n".join(saved_scene_markdown(saved_scene["table"], saved_scene["file_mb"])) + "\n")
+    write_report(result, out_dir / "memory_quality.md")
     draw_figure(result, strips, timelines[0], bundle.fps, out_dir / "memory_quality.png")
     return result
+
+
+def write_report(result: dict[str, Any], path: Path) -> None:
+    """One model's markdown: the table and intervals (mq_report), then the saved-scene rows when they were run."""
+    write_markdown(result, path)
+    saved = result.get("saved_scene")
+    if saved is not None:
+        with open(path, "a") as f:
+            f.write("\n".join(saved_scene_markdown(saved["table"], saved["file_mb"])) + "\n")
+
+
+def display_path(folder: Path | None) -> str:
+    """A weights folder as the report shows it: relative to the repository when inside it (no machine paths)."""
+    if folder is None:
+        return "bundled"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(folder).resolve().relative_to(root))
+    except ValueError:
+        return str(folder)
 
 
 def _model_arg(ap: argparse.ArgumentParser, text: str) -> tuple[str, Path]:
@@ -452,6 +471,20 @@ def _model_arg(ap: argparse.ArgumentParser, text: str) -> tuple[str, Path]:
     return label, Path(folder)
 
 
+def models_preface(results: dict[str, dict[str, Any]]) -> str:
+    """Which model each row set comes from, main subject first (README quotes numbers by model)."""
+    lines = ["# Memory quality of the cache policies, one row set per model", "",
+             "Every number below belongs to the model named in its section's title:", ""]
+    for i, (label, res) in enumerate(results.items()):
+        m = res["model"]
+        role = "main subject" if i == 0 else "second row set"
+        taught = ("never shown Echo-Forcing's cache layouts" if m["data_mode"] == "self_forcing"
+                  else "trained on Echo-Forcing's cache layouts too")
+        lines.append(f"- **{label}** ({role}): `{m['weights']}`, world {m['world']}, data mode {m['data_mode']} "
+                     f"({taught})")
+    return "\n".join(lines)
+
+
 def run_models(st: Settings, out_dir: Path, models: list[tuple[str, Path]], log) -> dict[str, Any]:
     """One row set per model: each model's run in out_dir/<label>/, one combined report in out_dir."""
     results, parts = {}, []
@@ -459,13 +492,13 @@ def run_models(st: Settings, out_dir: Path, models: list[tuple[str, Path]], log)
         log(f"model {label}: {folder}")
         res = run_benchmark(st, out_dir / label, folder, log=log)
         res["model"]["label"] = label
-        write_markdown(res, out_dir / label / "memory_quality.md")
+        write_report(res, out_dir / label / "memory_quality.md")  # again, now with the label in its title
         results[label] = res
         parts.append((out_dir / label / "memory_quality.md").read_text())
     total = round(sum(r["wall_s"] for r in results.values()), 1)
     combined = {"models": results, "wall_s": total}
     (out_dir / "memory_quality.json").write_text(json.dumps(combined, indent=1))
-    (out_dir / "memory_quality.md").write_text("\n\n".join(parts))
+    (out_dir / "memory_quality.md").write_text("\n\n".join([models_preface(results)] + parts))
     first = out_dir / models[0][0] / "memory_quality.png"
     if first.exists():
         (out_dir / "memory_quality.png").write_bytes(first.read_bytes())
@@ -476,9 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one short timeline, few steps (end-to-end check)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    ap.add_argument("--weights", type=Path, default=None, help="toy weights folder (default: bundled)")
+    ap.add_argument("--weights", type=Path, default=None, help="one toy weights folder (one row set)")
     ap.add_argument("--model", action="append", default=[], metavar="LABEL=FOLDER",
-                    help="a model to benchmark (repeatable): each gets its own row set in one report")
+                    help="a model to benchmark (repeatable): each gets its own row set in one report (default: "
+                         + ", ".join(f"{k}={v.relative_to(Path(__file__).resolve().parents[1])}"
+                                     for k, v in BUNDLED_MODELS.items()) + ")")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (fixed, for reproducible numbers)")
     ap.add_argument("--timelines", type=int, default=None, help="override the number of held-out timelines")
     args = ap.parse_args(argv)
@@ -490,11 +525,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--timelines must be >= 1, got {args.timelines}")
         st = replace(st, timelines=args.timelines)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    if args.model:
-        models = [_model_arg(ap, m) for m in args.model]
-        result = run_models(st, args.out, models, log)
-    else:
+    if args.weights is not None and args.model:
+        ap.error("--weights runs one model and --model names several: give one of them")
+    if args.weights is not None:
         result = run_benchmark(st, args.out, args.weights, log=log)
+    else:
+        models = [_model_arg(ap, m) for m in args.model] or list(BUNDLED_MODELS.items())
+        result = run_models(st, args.out, models, log)
     print((args.out / "memory_quality.md").read_text())
     print(f"wall {result['wall_s']} s", file=sys.stderr)
     return 0

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from echo_core.run import ROLLING_SINK_FRAMES, ROLLING_WINDOW_FRAMES
+
 BASELINES = ("rolling", "flush")
 
 
@@ -120,7 +122,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "- ms/chunk: mean generation time per chunk (policies interleaved chunk by chunk); cache KB: peak K/V "
         "held for attention; pool KB: Echo's scene pool (recall frames).",
         "",
-        "Policies: rolling = Self-Forcing sink (3 frames) + 21-frame window, absolute positions; flush = same "
+        f"Policies: rolling = Self-Forcing sink ({ROLLING_SINK_FRAMES} frame) + {ROLLING_WINDOW_FRAMES}-frame "
+        "window, absolute positions; flush = same "
         "window with relative positions, flushed to sink + last 2 frames at every switch; echo = Echo-Forcing "
         "with the node defaults; echo-no-hier = no anchors / compressed history (plain 18-frame recent window "
         "inside Echo); echo-no-recall = nothing inserted at switches (no recall frame); echo-no-decay = fixed "

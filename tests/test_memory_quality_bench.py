@@ -94,7 +94,8 @@ def test_held_out_timelines():
 
 
 def _quick(out: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--threads", "1", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--threads", "1", "--out", str(out),
+                           "--weights", str(ROOT / "echo_core" / "toy" / "weights")],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "memory_quality.json").read_text())
@@ -202,3 +203,36 @@ def test_mechanism_timelines_and_their_metrics_on_ground_truth():
     other = torch.cat([_clips([(spec, 3)])[0], _clips([(spec, 99)])[0]])
     kept, lost = mq.late_memory(same, spec, 24), mq.late_memory(other, spec, 24)
     assert kept["objects"] == 1.0 and kept["detail"] > 0.8 and lost["detail"] < kept["detail"] - 0.3
+
+
+def test_the_default_run_benchmarks_both_bundled_models_main_subject_first(monkeypatch, tmp_path):
+    """No --model and no --weights: the training-free model's row set first, then the layout-aware one, and the
+    combined report says which model each row set comes from."""
+    bench = _load()
+    from echo_core.toy.loader import BUNDLED_MODELS
+
+    calls = []
+
+    def fake_run(st, out_dir, weights, log=print):  # the generation itself is tested by the --quick run above
+        from echo_core.toy import load_toy_model
+
+        calls.append(weights)
+        b = load_toy_model(weights)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        res = {"model": {"world": b.world, "data_mode": b.data_mode, "weights": str(weights)}, "wall_s": 1.0}
+        return res
+
+    monkeypatch.setattr(bench, "run_benchmark", fake_run)
+    monkeypatch.setattr(bench, "write_markdown",
+                        lambda res, path: path.write_text(f"# rows of {res['model']['label']}\n"))
+    assert bench.main(["--out", str(tmp_path)]) == 0
+    assert calls == list(BUNDLED_MODELS.values())
+    md = (tmp_path / "memory_quality.md").read_text()
+    assert md.index("**training-free** (main subject)") < md.index("**layout-aware** (second row set)")
+    assert "data mode self_forcing (never shown Echo-Forcing's cache layouts)" in md
+    assert md.index("# rows of training-free") < md.index("# rows of layout-aware")
+    combined = json.loads((tmp_path / "memory_quality.json").read_text())
+    assert list(combined["models"]) == ["training-free", "layout-aware"]
+    with pytest.raises(SystemExit):  # one model or several, not both
+        bench.main(["--out", str(tmp_path), "--weights", str(BUNDLED_MODELS["layout-aware"]),
+                    "--model", f"x={BUNDLED_MODELS['layout-aware']}"])

@@ -336,6 +336,36 @@ def test_shipped_weights_come_from_the_default_training_command(bundle):
     assert bundle.sampler_config == sampler_for(TrainConfig())
 
 
+def test_training_free_weights_differ_from_the_demo_model_only_in_their_data():
+    """The benchmark's main subject: `train --data-mode self_forcing`, everything else the demo model's recipe, so
+    a difference between the two row sets is the training data's (Echo's cache layouts shown or not)."""
+    import dataclasses
+    import json
+
+    from safetensors import safe_open
+
+    from echo_core.toy import load_toy_model
+    from echo_core.toy.loader import BUNDLED_MODELS, TRAINING_FREE_DIR, WEIGHTS_DIR
+    from echo_core.toy.train import TrainConfig, sampler_for
+
+    assert list(BUNDLED_MODELS.items()) == [("training-free", TRAINING_FREE_DIR), ("layout-aware", WEIGHTS_DIR)]
+    files = list(TRAINING_FREE_DIR.glob("*.safetensors"))
+    assert {f.name for f in files} == {"toy_dit.safetensors", "toy_assets.safetensors"}
+    assert sum(f.stat().st_size for f in files) <= 10 * 2**20
+    with safe_open(str(TRAINING_FREE_DIR / "toy_dit.safetensors"), "pt") as f:
+        meta = f.metadata()
+    recipe = dataclasses.replace(TrainConfig(), data_mode="self_forcing")
+    assert json.loads(meta["toy.train_config"]) == dataclasses.asdict(recipe)
+    assert int(meta["toy.train_steps"]) == recipe.steps
+    free = load_toy_model(TRAINING_FREE_DIR)
+    assert (free.world, free.data_mode) == ("v1", "self_forcing")
+    assert free.sampler_config == sampler_for(recipe) == load_toy_model().sampler_config
+    # same fixed codec and text tables (one vocabulary): only the DiT was trained differently
+    with safe_open(str(TRAINING_FREE_DIR / "toy_assets.safetensors"), "pt") as a, \
+            safe_open(str(WEIGHTS_DIR / "toy_assets.safetensors"), "pt") as b:
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys() if k.startswith("codec."))
+
+
 def test_demo_runs_end_to_end(tmp_path):
     import imageio.v2 as imageio
 

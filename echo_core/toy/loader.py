@@ -2,7 +2,8 @@
 
 `load_toy_model()` reads echo_core/toy/weights/ (written by `python -m echo_core.toy.train --out ...`); the DiT
 file uses Wan key names, so `echo_core.model.loading.load_causal_wan` (and the ComfyUI loader node) read it like
-any causal Wan checkpoint.
+any causal Wan checkpoint. Two models ship (`BUNDLED_MODELS`): the demo's, trained on Echo-Forcing's cache layouts
+too, and one trained only as Self-Forcing is, the subject of the benchmark's training-free test.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from echo_core.toy.codec import CHANNELS, PATCH, StreamDecoder, ToyCodec
 from echo_core.toy.sampling import ToySamplerConfig
 from echo_core.toy.text import ToyTextEncoder
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # layout-aware: the demo's and the nodes' model
+TRAINING_FREE_DIR = Path(__file__).resolve().parent / "weights_training_free"  # never shown Echo's layouts
+# Row sets of bench/memory_quality.py, main subject first: Echo-Forcing claims to need no training.
+BUNDLED_MODELS: dict[str, Path] = {"training-free": TRAINING_FREE_DIR, "layout-aware": WEIGHTS_DIR}
 DIT_FILE = "toy_dit.safetensors"
 ASSETS_FILE = "toy_assets.safetensors"
 LATENT_SPACE = "echo-toy"  # latents of ToyCodec (not decodable by the Wan VAE)
