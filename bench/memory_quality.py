@@ -20,7 +20,7 @@ two bundled ones (loader.BUNDLED_MODELS: "training-free", trained only as Self-F
 "layout-aware", trained on Echo's cache layouts too); --model label=folder names others, --weights runs one.
 Writes memory_quality.md / .png / .json.
 
-    python bench/memory_quality.py            # both bundled models (about 15 minutes each on 2 CPU cores)
+    python bench/memory_quality.py            # both bundled models (about 14 minutes each on 2 CPU cores)
     python bench/memory_quality.py --quick --weights echo_core/toy/weights   # a small end-to-end run (tests)
 """
 
