@@ -129,3 +129,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny causal Wan DiT (preset "tiny", seed 0), built once per test module that asks for `model`; a module
+    that needs another model defines its own `model` fixture, which takes precedence."""
+    import torch
+
+    from echo_core.model.config import get_preset
+    from echo_core.model.wan import CausalWanModel
+
+    torch.manual_seed(0)
+    return CausalWanModel(get_preset("tiny")).eval()

@@ -9,8 +9,6 @@ import torch
 import echo_core.model.wan as wan
 from echo_core.cache.base import CachePolicy
 from echo_core.model.attention_io import AttentionInputs
-from echo_core.model.config import get_preset
-from echo_core.model.wan import CausalWanModel
 from echo_core.run import RunInputs, start_run
 from echo_core.sampler import SamplerConfig
 from echo_core.text_standin import standin_embedding
@@ -18,12 +16,6 @@ from echo_core.timeline import parse_timeline
 
 # smooth (decay weights live for 5 chunks), hard cut, recall; long enough for the window to roll and compress
 TL = "a red fox runs [3s] | the red fox jumps [2s#] | a blue bird sings [2s@] | the red fox runs again [2s]"
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return CausalWanModel(get_preset("tiny")).eval()
 
 
 def _run(model, policy: str) -> torch.Tensor:

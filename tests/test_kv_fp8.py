@@ -15,7 +15,6 @@ from echo_core.cli import main
 from echo_core.config import BaselineConfig, EchoConfig
 from echo_core.errors import ConfigError
 from echo_core.model.config import get_preset
-from echo_core.model.wan import CausalWanModel
 from echo_core.run import RunInputs, start_run
 from echo_core.sampler import SamplerConfig
 from echo_core.text_standin import standin_embedding
@@ -23,12 +22,6 @@ from echo_core.timeline import parse_timeline
 
 FP8 = "float8_e4m3fn"
 TL = "a red fox runs [2s#] | a blue bird sings [2s]"  # 6 chunks of 3 frames: the 21-frame window rolls over
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return CausalWanModel(get_preset("tiny")).eval()
 
 
 def _inputs(model, seed: int = 3) -> RunInputs:

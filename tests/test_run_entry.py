@@ -17,8 +17,6 @@ import torch
 from echo_core.cache.echo.policy import EchoCache
 from echo_core.cli import main
 from echo_core.config import ConfigError, EchoConfig
-from echo_core.model.config import get_preset
-from echo_core.model.wan import CausalWanModel
 from echo_core.run import PolicyContext, RunInputs, echo_config_for, start_run
 from echo_core.sampler import SamplerConfig
 from echo_core.session import MemorySpec
@@ -28,12 +26,6 @@ from echo_core.timeline import parse_timeline
 ROOT = Path(__file__).resolve().parents[1]
 TL = "a red fox runs [1s#] | a blue bird sings [1s@] | the red fox runs again [1s]"
 SAMPLER = SamplerConfig(denoising_steps=(1000.0, 500.0))
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return CausalWanModel(get_preset("tiny")).eval()
 
 
 def _inputs(model, text=TL, **kw) -> RunInputs:

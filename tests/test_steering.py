@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from echo_core.errors import EchoError, InputError
-from echo_core.model.config import get_preset
-from echo_core.model.wan import CausalWanModel
 from echo_core.run import RunInputs, start_run
 from echo_core.sampler import SamplerConfig
 from echo_core.steer_control import Steering
@@ -23,12 +21,6 @@ from echo_core.timeline import parse_script, parse_timeline
 
 TL = "a red fox runs [3s] | a blue bird sings [3s#] ; fox | bird"
 SAMPLER = SamplerConfig(denoising_steps=(1000.0, 500.0))
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return CausalWanModel(get_preset("tiny")).eval()
 
 
 def _encode(dim: int):
