@@ -379,7 +379,8 @@ def _cost(meta: dict[str, dict[str, list]], name: str, run: mq.RunFrames) -> Non
 
 
 # ------------------------------------------------------------------------------------------------ main
-def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=print) -> dict[str, Any]:
+def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=print,
+                  label: str | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     bundle = load_toy_model(weights)
     sampler = bundle.sampler_config
@@ -424,8 +425,8 @@ def run_benchmark(st: Settings, out_dir: Path, weights: Path | None = None, log=
     chance = mq.mean([t["chance_gt"] for t in per_timeline])
     result = {
         "settings": st.__dict__, "policies": list(POLICIES), "table": table, "chance_gt": chance,
-        "model": {"world": bundle.world, "data_mode": bundle.data_mode,
-                  "weights": display_path(weights)},
+        "model": {"world": bundle.world, "data_mode": bundle.data_mode, "weights": display_path(weights),
+                  **({"label": label} if label is not None else {})},
         "paired": paired, "per_timeline_values": values,
         "decay_timelines": [dt.text for dt in families["decay_timelines"]],
         "hier_timelines": [text for _, _, text in families["hier_timelines"]],
@@ -490,9 +491,7 @@ def run_models(st: Settings, out_dir: Path, models: list[tuple[str, Path]], log)
     results, parts = {}, []
     for label, folder in models:
         log(f"model {label}: {folder}")
-        res = run_benchmark(st, out_dir / label, folder, log=log)
-        res["model"]["label"] = label
-        write_report(res, out_dir / label / "memory_quality.md")  # again, now with the label in its title
+        res = run_benchmark(st, out_dir / label, folder, log=log, label=label)
         results[label] = res
         parts.append((out_dir / label / "memory_quality.md").read_text())
     total = round(sum(r["wall_s"] for r in results.values()), 1)

@@ -213,13 +213,15 @@ def test_the_default_run_benchmarks_both_bundled_models_main_subject_first(monke
 
     calls = []
 
-    def fake_run(st, out_dir, weights, log=print):  # the generation itself is tested by the --quick run above
+    def fake_run(st, out_dir, weights, log=print, label=None):  # generation is tested by the --quick run above
         from echo_core.toy import load_toy_model
 
         calls.append(weights)
         b = load_toy_model(weights)
         out_dir.mkdir(parents=True, exist_ok=True)
-        res = {"model": {"world": b.world, "data_mode": b.data_mode, "weights": str(weights)}, "wall_s": 1.0}
+        res = {"model": {"world": b.world, "data_mode": b.data_mode, "weights": str(weights), "label": label},
+               "wall_s": 1.0}
+        bench.write_report(res, out_dir / "memory_quality.md")
         return res
 
     monkeypatch.setattr(bench, "run_benchmark", fake_run)
