@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -264,6 +265,64 @@ def test_a_resumed_training_run_gives_the_weights_of_an_uninterrupted_one(tmp_pa
     assert train(["--out", str(tmp_path / "parts"), "--steps", "3", "--resume"] + common) == 0
     a, b = (load_file(str(tmp_path / d / "toy_dit.safetensors")) for d in ("whole", "parts"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_worker_processes_and_a_time_limit_leave_the_run_as_it_was(tmp_path):
+    """--workers makes the steps' data in other processes (a GPU run needs it) and --time-limit stops a run where
+    a device budget ends: both must give the weights of the plain run (data is seeded by the step number)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from echo_core.toy.train import main as train
+
+    common = ["--steps", "3", "--batch", "1", "--openings", "2", "--log-every", "1", "--threads", "1"]
+    assert train(["--out", str(tmp_path / "plain")] + common) == 0
+    assert train(["--out", str(tmp_path / "workers"), "--workers", "2"] + common) == 0
+    assert train(["--out", str(tmp_path / "cut"), "--time-limit", "1e-6"] + common) == 0
+    with safe_open(str(tmp_path / "cut" / "toy_dit.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["toy.train_steps"] == "1"  # stopped after its first step, and saved there
+    assert meta["toy.train_device"] == "cpu: 1 threads" and float(meta["toy.train_seconds"]) >= 0
+    assert train(["--out", str(tmp_path / "cut"), "--resume"] + common) == 0
+    plain = load_file(str(tmp_path / "plain" / "toy_dit.safetensors"))
+    for other in ("workers", "cut"):
+        got = load_file(str(tmp_path / other / "toy_dit.safetensors"))
+        assert got.keys() == plain.keys() and all(torch.equal(got[k], plain[k]) for k in plain), other
+    logs = [(tmp_path / d / "train_log.jsonl").read_text().splitlines() for d in ("plain", "workers")]
+    assert [json.loads(x)["loss"] for x in logs[0]] == [json.loads(x)["loss"] for x in logs[1]]
+
+
+def test_a_time_budget_plans_the_run_length_and_records_it(tmp_path):
+    """--time-budget times the first steps and lowers --steps so the cool-down ends in time; a budget nothing fits
+    in leaves the timed steps only, and the weights say how many steps they had."""
+    from safetensors import safe_open
+
+    from echo_core.toy.train import PLAN_AFTER
+    from echo_core.toy.train import main as train
+
+    assert train(["--out", str(tmp_path / "w"), "--steps", str(PLAN_AFTER + 30), "--batch", "1", "--openings", "1",
+                  "--threads", "1", "--time-budget", "1e-6"]) == 0
+    with safe_open(str(tmp_path / "w" / "toy_dit.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["toy.train_steps"] == str(PLAN_AFTER)
+    assert json.loads(meta["toy.train_config"])["steps"] == PLAN_AFTER
+    last = json.loads((tmp_path / "w" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == PLAN_AFTER
+
+
+def test_training_device_and_worker_options_are_checked(tmp_path):
+    from echo_core.toy.train import main as train
+
+    with pytest.raises(SystemExit, match="--device 'tpu0'"):
+        train(["--out", str(tmp_path / "x"), "--steps", "1", "--device", "tpu0"])
+    with pytest.raises(SystemExit, match="--workers, --time-limit and --time-budget"):
+        train(["--out", str(tmp_path / "x"), "--steps", "1", "--workers", "-1"])
+    with pytest.raises(SystemExit, match="--openings must be >= 1"):
+        train(["--out", str(tmp_path / "x"), "--steps", "1", "--openings", "0"])
+    if not torch.cuda.is_available():  # on a CUDA machine this option is valid
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            train(["--out", str(tmp_path / "x"), "--steps", "1", "--device", "cuda"])
+    assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
 def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):

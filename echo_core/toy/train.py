@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -33,28 +34,19 @@ from echo_core.model.config import get_preset
 from echo_core.model.loading import save_checkpoint
 from echo_core.model.wan import CausalWanModel, block_causal_mask
 from echo_core.toy.codec import ToyCodec
-from echo_core.toy.data import (
-    DETAILS,
-    MODE_KINDS,
-    Openings,
-    fit_frames,
-    object_mask,
-    opening_blocks,
-    render_segment,
-    sample_batch,
-    shape_spec,
-)
-from echo_core.toy.grammar import WORLDS, world_spec
+from echo_core.toy.data import DETAILS, MODE_KINDS, fit_frames
+from echo_core.toy.grammar import WORLDS
 from echo_core.toy.loader import SAMPLER
 from echo_core.toy.sampling import ToySamplerConfig
 from echo_core.toy.seqforward import window_forward, window_mask
 from echo_core.toy.text import ToyTextEncoder
+from echo_core.toy.train_data import OpeningTargets, dilate, step_stream
 
 DIT_FILE = "toy_dit.safetensors"
 ASSETS_FILE = "toy_assets.safetensors"
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "train_state.pt"
-OBJECT_WEIGHT = 4.0  # loss weight of object pixels in scene openings
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -119,10 +111,8 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
     # (only a scene-opening block's own seed noise does, see train_step).
     s = torch.where(torch.rand(b, f, generator=g) < cfg.p_one, torch.ones_like(s), s)
     s = torch.where(clean, torch.zeros_like(s), s)
-    first = torch.zeros_like(blocks)  # frame index of each frame's block start: frames share their block's draw
-    for i in range(b):
-        for j in range(f):
-            first[i, j] = int((blocks[i] == blocks[i, j]).nonzero()[0])
+    # Frame index of each frame's block start (argmax gives the first match): frames share their block's draw.
+    first = (blocks[:, :, None] == blocks[:, None, :]).int().argmax(-1)
     s = torch.gather(s, 1, first)
     return torch.where(memory, torch.zeros_like(s), s)
 
@@ -136,15 +126,6 @@ def sampler_for(cfg: TrainConfig) -> ToySamplerConfig:
     return ToySamplerConfig(denoising_steps=tuple(1000.0 * (12 - i) / 12 for i in range(12)), shift=2.0,
                          renoise="ode", fresh_below=400.0, frames_per_chunk=3, guidance=cfg.guidance,
                          guidance_above=cfg.guidance_above)
-
-
-def dilate(cover: torch.Tensor, margin: int) -> torch.Tensor:
-    """[..., h, w] object coverage grown by `margin` cells on every side (max filter); margin 0 returns it as is."""
-    if margin <= 0:
-        return cover
-    flat = cover.reshape(-1, 1, *cover.shape[-2:])
-    grown = torch.nn.functional.max_pool2d(flat, 2 * margin + 1, stride=1, padding=margin)
-    return grown.reshape(cover.shape)
 
 
 def drop_prompts(texts: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
@@ -168,7 +149,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (1 - (1 - cfg.final_lr_frac) * frac)
 
 
-def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generator,
+               device: torch.device = CPU) -> tuple[torch.Tensor, dict]:
     x0 = batch.latents
     s = noise_levels(batch.blocks, batch.memory, cfg, g)  # [B, F]
     eps = torch.randn(x0.shape, generator=g)
@@ -207,10 +189,12 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
     tokens = (x0.shape[-1] // 2) * (x0.shape[-2] // 2)
     mask = window_mask(batch.blocks, tokens)
     texts = drop_prompts(batch.texts, cfg.p_uncond, g)
-    pred = window_forward(model, xt, s * 1000.0, texts, batch.text_ids, batch.positions, mask)
-    weight = ((s > 0) & batch.valid & ~batch.memory).float()  # [B, F]
-    cell = 1 + (cfg.object_weight - 1) * dilate(batch.objects, cfg.object_margin)[:, None]  # [B, 1, F, h, w]
-    err = ((pred - (eps - x0)).pow(2) * cell).mean(dim=(1, 3, 4)) / cell.mean(dim=(1, 3, 4))  # [B, F]
+    # The draws above are made on the CPU generator, so a run's data and noise do not depend on the device.
+    pred = window_forward(model, xt.to(device), (s * 1000.0).to(device), texts.to(device),
+                          batch.text_ids.to(device), batch.positions.to(device), mask.to(device))
+    weight = ((s > 0) & batch.valid & ~batch.memory).float().to(device)  # [B, F]
+    cell = 1 + (cfg.object_weight - 1) * dilate(batch.objects, cfg.object_margin)[:, None].to(device)  # [B,1,F,h,w]
+    err = ((pred - (eps - x0).to(device)).pow(2) * cell).mean(dim=(1, 3, 4)) / cell.mean(dim=(1, 3, 4))  # [B, F]
     loss = (err * weight).sum() / weight.sum().clamp_min(1)
     per_kind: dict[str, list[float]] = {}
     per_window = ((err.detach() * weight).sum(1) / weight.sum(1).clamp_min(1)).tolist()
@@ -220,20 +204,13 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
     return loss, per_kind
 
 
-def opening_loss(model: CausalWanModel, codec: ToyCodec, openings: Openings, size: int, cfg: TrainConfig,
-                 g: torch.Generator) -> torch.Tensor:
+def opening_loss(model: CausalWanModel, openings: OpeningTargets, cfg: TrainConfig, g: torch.Generator,
+                 device: torch.device = CPU) -> torch.Tensor:
     """Context-free scene openings. Seeded: the first denoising step of a new scene, from its seed noise alone
     (t = 1000) to the scene it implies. Otherwise plain flow matching at a random noise level.
-    Object pixels weigh OBJECT_WEIGHT times more: they are a few percent of the frame."""
-    noise, texts = openings.noise, drop_prompts(openings.texts, cfg.p_uncond, g)
+    Object pixels weigh OBJECT_WEIGHT times more (train_data.py): they are a few percent of the frame."""
+    noise, texts, x0 = openings.noise, drop_prompts(openings.texts, cfg.p_uncond, g), openings.x0
     n, frames, tokens = noise.shape[0], noise.shape[2], (noise.shape[-1] // 2) * (noise.shape[-2] // 2)
-    times = torch.arange(frames)
-    with torch.no_grad():
-        x0 = torch.stack([codec.encode_images(render_segment(seg, times, size)) for seg in openings.segments])
-        x0 = x0.permute(0, 2, 1, 3, 4)
-        cover = torch.stack([object_mask(seg, times, size) for seg in openings.segments])  # [n, f, H, W]
-        cells = dilate(torch.nn.functional.avg_pool2d(cover, 4), cfg.object_margin)
-        weight = 1 + (OBJECT_WEIGHT - 1) * cells[:, None]
     if cfg.details == "noise":
         s = torch.ones(n)
     else:
@@ -242,8 +219,10 @@ def opening_loss(model: CausalWanModel, codec: ToyCodec, openings: Openings, siz
     sv = s[:, None, None, None, None]
     xt = (1 - sv) * x0 + sv * noise
     t = (s * 1000.0)[:, None].expand(n, frames)
-    pred = model.forward_sequence(xt, t, texts, block_causal_mask(frames, tokens, frames))
-    return ((pred - (noise - x0)).pow(2) * weight).mean() / weight.mean()
+    pred = model.forward_sequence(xt.to(device), t.to(device), texts.to(device),
+                                  block_causal_mask(frames, tokens, frames).to(device))
+    weight = openings.weight.to(device)
+    return ((pred - (noise - x0).to(device)).pow(2) * weight).mean() / weight.mean()
 
 
 def write_loss_png(log: Path, png: Path, width: int = 480, height: int = 220) -> None:
@@ -278,6 +257,7 @@ _RECIPE_OPTIONS: tuple[tuple[str, str | None], ...] = (
     ("--batch", None),
     ("--lr", None),
     ("--seed", None),
+    ("--openings", "context-free scene-opening blocks per step (besides the --batch windows)"),
     ("--p-clean", "share of blocks given as clean context"),
     ("--object-noise", "max std of extra noise on the objects of clean context"),
     ("--object-weight", "loss weight of object cells in windows"),
@@ -311,12 +291,25 @@ def main(argv: list[str] | None = None) -> int:
                         "default); self_forcing: windows as Self-Forcing trains (no Echo layouts, no position jumps)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (results depend on it slightly: the shipped weights used 2)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device: cpu (the shipped weights), cuda or cuda:N; data and noise are drawn on the CPU, "
+                        "so the run is the same data on any device")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that make the steps' data ahead of the loop (0: inline; a GPU needs several)")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop and save after this many seconds of training (0: none); --resume continues")
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds the whole run may take: after its first steps the step count is lowered to fit, "
+                        "so the learning-rate cool-down still happens (0: none)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.batch < 1:
-        sys.exit("error: --steps and --batch must be >= 1")
+    if args.steps < 1 or args.batch < 1 or args.openings < 1:
+        sys.exit("error: --steps, --batch and --openings must be >= 1")
+    if args.workers < 0 or args.time_limit < 0 or args.time_budget < 0:
+        sys.exit("error: --workers, --time-limit and --time-budget must be >= 0")
+    device = _device(args.device)
     recipe = {_field(flag): getattr(args, _field(flag)) for flag, _ in _RECIPE_OPTIONS}
     cfg = TrainConfig(details=args.details, world=args.world, data_mode=args.data_mode, **recipe)
     if cfg.object_margin < 0:
@@ -332,17 +325,34 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         sys.exit(f"error: sampler settings (--guidance / --guidance-above): {e}")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
+    # On CUDA some kernels (attention backward) have no deterministic version: warn, do not stop the run.
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     try:  # called as a function (tests), leave the caller's torch settings as they were
         with torch.enable_grad():
-            return _train(cfg, args)
+            return _train(cfg, args, device)
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
-def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"error: --device {name!r} is not a torch device; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(f"error: --device {name}: this torch sees no CUDA device; use --device cpu")
+        # cuBLAS is deterministic only with a fixed workspace; it must be set before CUDA starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type != "cpu":
+        sys.exit(f"error: --device {name!r}: training runs on cpu or cuda")
+    return device
+
+
+def _train(cfg: TrainConfig, args: argparse.Namespace, device: torch.device) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -355,39 +365,37 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     model = CausalWanModel(wcfg)
     torch.nn.init.zeros_(model.head.head.weight)
     torch.nn.init.zeros_(model.head.head.bias)
+    model.to(device)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    start = 0
+    start, seconds_before = 0, 0.0
     if args.resume and (out / STATE_FILE).exists():
-        state = torch.load(out / STATE_FILE, weights_only=True)
+        state = torch.load(out / STATE_FILE, weights_only=True, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         ema = state["ema"]
         start = int(state["step"])
+        seconds_before = float(state.get("seconds", 0.0))  # states written before session 8 lack it
         print(f"resumed at step {start}", flush=True)
     elif (out / LOG_FILE).exists():
         (out / LOG_FILE).unlink()
 
+    where = device_name(device, args.threads)
     t_start = time.perf_counter()
     window: list[float] = []
     kinds: dict[str, list[float]] = {}
-    for step in range(start, cfg.steps):
-        rng = np.random.default_rng([cfg.seed, 2, step])
+    step = start
+    for data in step_stream(start, cfg.steps, cfg, codec, text, args.workers):
+        step = data.step
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        if step < cfg.shape_warmup:
-            loss = opening_loss(model, codec, opening_blocks(rng, 2 * cfg.openings, text, cfg.size, cfg.details,
-                                                             spec_of=lambda r: shape_spec(r, cfg.world)),
-                                cfg.size, cfg, g)
+        if data.batch is None:  # shape warm-up: scene openings only
+            loss = opening_loss(model, data.openings, cfg, g, device)
             per_kind = {"shape": [float(loss.detach())]}
         else:
-            batch = sample_batch(rng, cfg.batch, codec, text, cfg.size, details=cfg.details, world=cfg.world,
-                                 mode=cfg.data_mode)
-            loss, per_kind = train_step(model, batch, cfg, g)
-            first = opening_loss(model, codec, opening_blocks(rng, cfg.openings, text, cfg.size, cfg.details,
-                                                              spec_of=lambda r: world_spec(r, cfg.world)),
-                                 cfg.size, cfg, g)
+            loss, per_kind = train_step(model, data.batch, cfg, g, device)
+            first = opening_loss(model, data.openings, cfg, g, device)
             per_kind["opening"] = [float(first.detach())]
             loss = loss + first
         opt.zero_grad(set_to_none=True)
@@ -401,31 +409,72 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         window.append(float(loss.detach()))
         for k, vals in per_kind.items():
             kinds.setdefault(k, []).extend(vals)
-        if (step + 1) % args.log_every == 0 or step + 1 == cfg.steps:
+        elapsed = time.perf_counter() - t_start
+        if args.time_budget > 0 and step + 1 == start + PLAN_AFTER:
+            cfg = _fit_steps(cfg, step + 1, elapsed, args.time_budget)
+        out_of_time = args.time_limit > 0 and elapsed >= args.time_limit and step + 1 < cfg.steps
+        if (step + 1) % args.log_every == 0 or step + 1 == cfg.steps or out_of_time:
             rec = {"step": step + 1, "loss": sum(window) / len(window), "lr": lr_at(step, cfg),
-                   "grad_norm": float(gnorm), "elapsed_s": round(time.perf_counter() - t_start, 1),
+                   "grad_norm": float(gnorm), "elapsed_s": round(elapsed, 1),
                    "kinds": {k: round(sum(v) / len(v), 4) for k, v in sorted(kinds.items())}}
             with open(out / LOG_FILE, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(json.dumps(rec), flush=True)
             window, kinds = [], {}
-        if (step + 1) % args.save_every == 0 or step + 1 == cfg.steps:
-            _save(out, model, opt, ema, step + 1, cfg)
+        if (step + 1) % args.save_every == 0 or step + 1 == cfg.steps or out_of_time:
+            _save(out, model, opt, ema, step + 1, cfg, run_metadata(where, seconds_before + elapsed))
+        if out_of_time:
+            print(f"stopped at step {step + 1} of {cfg.steps}: --time-limit {args.time_limit:g} s reached "
+                  f"(weights saved; --resume continues the same run)", flush=True)
+            break
+        if step + 1 >= cfg.steps:  # --time-budget may have shortened the run
+            break
+    elapsed = time.perf_counter() - t_start
     if start >= cfg.steps:  # resumed at the end: rewrites the weights' settings (sampler), the weights stay as they are
-        _save(out, model, opt, ema, start, cfg)
+        _save(out, model, opt, ema, start, cfg, run_metadata(where, seconds_before))
     else:
         write_loss_png(out / LOG_FILE, out / "loss_curve.png")
-    print(f"done: {cfg.steps} steps in {time.perf_counter() - t_start:.0f} s -> {out / DIT_FILE}", flush=True)
+    print(f"done: step {step + 1 if start < cfg.steps else start} of {cfg.steps} in {elapsed:.0f} s on {where} "
+          f"-> {out / DIT_FILE}", flush=True)
     return 0
 
 
-def _save(out: Path, model: CausalWanModel, opt: torch.optim.Optimizer, ema: dict, step: int, cfg: TrainConfig) -> None:
-    save_checkpoint(ema, out / DIT_FILE, config=model.cfg,
+PLAN_AFTER = 20  # --time-budget: steps timed before the run's length is planned (still inside the LR warm-up)
+
+
+def _fit_steps(cfg: TrainConfig, done: int, elapsed: float, budget: float) -> TrainConfig:
+    """The run shortened so that its remaining steps, at the speed of the first ones, end within `budget` seconds.
+    Planned before the cool-down (inside the warm-up for a run from step 0), so the result is the run that
+    `--steps <planned>` gives; its weights record that step count."""
+    per_step = elapsed / max(1, done)
+    fit = done + int(max(0.0, 0.95 * budget - elapsed) / per_step)  # 5% left for saving and slower steps
+    if fit >= cfg.steps:
+        return cfg
+    print(f"--time-budget {budget:g} s: {per_step:.3f} s per step, so {fit} steps instead of {cfg.steps} "
+          f"(the cool-down ends within the budget)", flush=True)
+    return replace(cfg, steps=max(fit, done))
+
+
+def device_name(device: torch.device, threads: int) -> str:
+    """The training device as the weights' metadata records it (the model card quotes it)."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type}: {threads} threads"
+
+
+def run_metadata(device: str, seconds: float) -> dict[str, str]:
+    return {"toy.train_device": device, "toy.train_seconds": f"{seconds:.0f}"}
+
+
+def _save(out: Path, model: CausalWanModel, opt: torch.optim.Optimizer, ema: dict, step: int, cfg: TrainConfig,
+          run: dict[str, str]) -> None:
+    save_checkpoint({k: v.cpu() for k, v in ema.items()}, out / DIT_FILE, config=model.cfg,
                     metadata={"echo_forcing.frames_per_chunk": "3", "toy.train_steps": str(step),
                               "toy.sampler": json.dumps(asdict(sampler_for(cfg))),
                               "toy.world": cfg.world, "toy.data_mode": cfg.data_mode,
-                              "toy.train_config": json.dumps(cfg.__dict__)})
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step}, out / STATE_FILE)
+                              "toy.train_config": json.dumps(cfg.__dict__), **run})
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step,
+                "seconds": float(run["toy.train_seconds"])}, out / STATE_FILE)
 
 
 if __name__ == "__main__":
