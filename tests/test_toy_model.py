@@ -292,6 +292,45 @@ def test_worker_processes_and_a_time_limit_leave_the_run_as_it_was(tmp_path):
     assert [json.loads(x)["loss"] for x in logs[0]] == [json.loads(x)["loss"] for x in logs[1]]
 
 
+def test_teacher_forcing_mask_shows_each_noisy_block_its_clean_past_only():
+    from echo_core.toy.data import PAD_BLOCK
+    from echo_core.toy.train import teacher_forcing_mask
+
+    blocks = torch.tensor([[0, 0, 1, 1, 2, PAD_BLOCK]])
+    m = teacher_forcing_mask(blocks, 2)[0, 0]  # 6 frames x 2 tokens, twice: [24, 24]
+    n = 12
+    frame = torch.arange(n) // 2
+    blk = blocks[0][frame]
+    for i in range(n):
+        clean_sees = m[i, :n].nonzero().flatten()
+        assert torch.equal(clean_sees, (blk <= blk[i]).nonzero().flatten()) and not m[i, n:].any()
+        noisy_clean = m[n + i, :n].nonzero().flatten()
+        noisy_noisy = m[n + i, n:].nonzero().flatten()
+        assert torch.equal(noisy_clean, (blk < blk[i]).nonzero().flatten())  # its past, clean
+        assert torch.equal(noisy_noisy, (blk == blk[i]).nonzero().flatten())  # and its own block, noisy
+    real = blk < PAD_BLOCK
+    assert not m[:n][real][:, :n][:, ~real].any() and not m[n:][real][:, n:][:, ~real].any()  # padding unseen
+
+
+def test_teacher_forcing_trains_and_is_recorded_in_the_weights(tmp_path):
+    from safetensors import safe_open
+
+    from echo_core.toy import load_toy_model
+    from echo_core.toy.train import main as train
+
+    common = ["--steps", "2", "--batch", "2", "--openings", "1", "--threads", "1", "--log-every", "1"]
+    assert train(["--out", str(tmp_path / "tf"), "--context", "clean", "--data-mode", "self_forcing"] + common) == 0
+    assert train(["--out", str(tmp_path / "df"), "--data-mode", "self_forcing"] + common) == 0
+    with safe_open(str(tmp_path / "tf" / "toy_dit.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["toy.train_config"])["context"] == "clean"
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
+              for d in ("tf", "df")]
+    assert all(math.isfinite(v) for v in losses[0]) and losses[0] != losses[1]
+    assert load_toy_model(tmp_path / "tf").data_mode == "self_forcing"
+    with pytest.raises(SystemExit):
+        train(["--out", str(tmp_path / "x"), "--context", "noisy"] + common)
+
+
 def test_a_time_budget_plans_the_run_length_and_records_it(tmp_path):
     """--time-budget times the first steps and lowers --steps so the cool-down ends in time; a budget nothing fits
     in leaves the timed steps only, and the weights say how many steps they had."""
@@ -388,7 +427,8 @@ def test_shipped_weights_come_from_the_default_training_command(bundle):
     with safe_open(str(WEIGHTS / "toy_dit.safetensors"), "pt") as f:
         meta = f.metadata()
     # weights from before world v2 record no world / data mode: the loader reads them as v1 / layouts
-    recorded = {"world": "v1", "data_mode": "layouts", **json.loads(meta["toy.train_config"])}
+    # (nor a context mode, added in session 8: they were trained by diffusion forcing)
+    recorded = {"world": "v1", "data_mode": "layouts", "context": "diffusion", **json.loads(meta["toy.train_config"])}
     assert recorded == dataclasses.asdict(TrainConfig())
     assert (bundle.world, bundle.data_mode) == (recorded["world"], recorded["data_mode"])
     assert int(meta["toy.train_steps"]) == TrainConfig().steps
@@ -414,7 +454,7 @@ def test_training_free_weights_differ_from_the_demo_model_only_in_their_data():
     with safe_open(str(TRAINING_FREE_DIR / "toy_dit.safetensors"), "pt") as f:
         meta = f.metadata()
     recipe = dataclasses.replace(TrainConfig(), data_mode="self_forcing")
-    assert json.loads(meta["toy.train_config"]) == dataclasses.asdict(recipe)
+    assert {"context": "diffusion", **json.loads(meta["toy.train_config"])} == dataclasses.asdict(recipe)
     assert int(meta["toy.train_steps"]) == recipe.steps
     free = load_toy_model(TRAINING_FREE_DIR)
     assert (free.world, free.data_mode) == ("v1", "self_forcing")

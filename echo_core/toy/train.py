@@ -47,6 +47,7 @@ ASSETS_FILE = "toy_assets.safetensors"
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "train_state.pt"
 CPU = torch.device("cpu")
+CONTEXTS = ("diffusion", "clean")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class TrainConfig:
     # v2 ship; the training-free model is `--world v2 --data-mode self_forcing` (MODEL_CARD.md).
     world: str = "v1"  # grammar.WORLDS: v2's shapes differ at token scale, v1's by a few corner pixels
     data_mode: str = "layouts"  # data.MODE_KINDS: "layouts" (Echo's cache layouts too) or "self_forcing"
+    # How a block's past is presented. "diffusion": diffusion forcing, every block at its own noise level (p_clean
+    # of them clean), the shipped weights'. "clean": teacher forcing, every block is trained on a clean copy of
+    # the blocks before it, as the sampler's cache always presents them (the window runs twice: 2x tokens).
+    context: str = "diffusion"
 
 
 def save_assets(path: Path, codec: ToyCodec, text: ToyTextEncoder, cfg: TrainConfig) -> None:
@@ -105,7 +110,7 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
     """Per-frame noise level s in [0, 1): one draw per block (0 for clean context), 0 on memory frames."""
     b, f = blocks.shape
     u = torch.rand(b, f, generator=g)
-    clean = torch.rand(b, f, generator=g) < cfg.p_clean
+    clean = torch.rand(b, f, generator=g) < (cfg.p_clean if cfg.context == "diffusion" else 0.0)
     s = cfg.shift * u / (1 + (cfg.shift - 1) * u)
     # Every chunk's first sampler step is at t = 1000 exactly: train there too, where the noise means nothing
     # (only a scene-opening block's own seed noise does, see train_step).
@@ -115,6 +120,17 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
     first = (blocks[:, :, None] == blocks[:, None, :]).int().argmax(-1)
     s = torch.gather(s, 1, first)
     return torch.where(memory, torch.zeros_like(s), s)
+
+
+def teacher_forcing_mask(blocks: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """[B, F] block ids -> [B, 1, 2N, 2N] bool for a window laid out twice, clean copy first: a clean token sees
+    the clean tokens of its own and earlier blocks; a noisy token sees its own block's noisy tokens and the clean
+    tokens of earlier blocks - what a chunk being denoised sees in the sampler's cache."""
+    tok = blocks.repeat_interleave(tokens_per_frame, dim=1)
+    q, k = tok[:, :, None], tok[:, None, :]
+    clean_rows = torch.cat([q >= k, torch.zeros_like(q >= k)], 2)
+    noisy_rows = torch.cat([q > k, q == k], 2)
+    return torch.cat([clean_rows, noisy_rows], 1)[:, None]
 
 
 def sampler_for(cfg: TrainConfig) -> ToySamplerConfig:
@@ -185,13 +201,20 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
     if cfg.object_noise > 0:  # ragged, token-level errors on objects, as the model's own output has them
         rough = torch.rand(jitter.shape, generator=g) * cfg.object_noise * batch.objects[:, None]
         context = context + rough * torch.randn(x0.shape, generator=g)
-    xt = torch.where(clean, context + jitter * torch.randn(x0.shape, generator=g), xt)
     tokens = (x0.shape[-1] // 2) * (x0.shape[-2] // 2)
-    mask = window_mask(batch.blocks, tokens)
+    t, ids, positions = s * 1000.0, batch.text_ids, batch.positions
+    if cfg.context == "diffusion":
+        xt = torch.where(clean, context + jitter * torch.randn(x0.shape, generator=g), xt)
+        mask = window_mask(batch.blocks, tokens)
+    else:  # the window twice: its clean context copy, then every block noisy and trained on that clean past
+        xt = torch.cat([context + jitter * torch.randn(x0.shape, generator=g), xt], 2)
+        mask = teacher_forcing_mask(batch.blocks, tokens)
+        t = torch.cat([torch.zeros_like(t), t], 1)
+        ids, positions = ids.repeat(1, 2), positions.repeat(1, 2)
     texts = drop_prompts(batch.texts, cfg.p_uncond, g)
     # The draws above are made on the CPU generator, so a run's data and noise do not depend on the device.
-    pred = window_forward(model, xt.to(device), (s * 1000.0).to(device), texts.to(device),
-                          batch.text_ids.to(device), batch.positions.to(device), mask.to(device))
+    pred = window_forward(model, xt.to(device), t.to(device), texts.to(device), ids.to(device), positions.to(device),
+                          mask.to(device))[:, :, -x0.shape[2]:]
     weight = ((s > 0) & batch.valid & ~batch.memory).float().to(device)  # [B, F]
     cell = 1 + (cfg.object_weight - 1) * dilate(batch.objects, cfg.object_margin)[:, None].to(device)  # [B,1,F,h,w]
     err = ((pred - (eps - x0).to(device)).pow(2) * cell).mean(dim=(1, 3, 4)) / cell.mean(dim=(1, 3, 4))  # [B, F]
@@ -289,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-mode", choices=tuple(MODE_KINDS), default=TrainConfig.data_mode,
                    help="layouts: also Echo-Forcing's cache layouts (memory frames, RoPE jumps; the shipped weights', "
                         "default); self_forcing: windows as Self-Forcing trains (no Echo layouts, no position jumps)")
+    p.add_argument("--context", choices=CONTEXTS, default=TrainConfig.context,
+                   help="diffusion: every block at its own noise level, some clean (the shipped weights', default); "
+                        "clean: every block trained on a clean copy of its past, as the sampler presents it")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (results depend on it slightly: the shipped weights used 2)")
     p.add_argument("--device", default="cpu",
@@ -311,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("error: --workers, --time-limit and --time-budget must be >= 0")
     device = _device(args.device)
     recipe = {_field(flag): getattr(args, _field(flag)) for flag, _ in _RECIPE_OPTIONS}
-    cfg = TrainConfig(details=args.details, world=args.world, data_mode=args.data_mode, **recipe)
+    cfg = TrainConfig(details=args.details, world=args.world, data_mode=args.data_mode, context=args.context,
+                      **recipe)
     if cfg.object_margin < 0:
         sys.exit(f"error: --object-margin must be >= 0 latent cells, got {cfg.object_margin}")
     if cfg.shape_warmup < 0:

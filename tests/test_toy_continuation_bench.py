@@ -1,0 +1,47 @@
+"""bench/toy_continuation.py: the teacher-forced probe must score a perfect continuation as perfect, so that a low
+number on real weights says something about the weights and not about the probe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO / "bench"))
+
+import toy_continuation  # noqa: E402
+
+from echo_core.toy import load_toy_model  # noqa: E402
+from echo_core.toy.data import BLOCK  # noqa: E402
+from echo_core.toy.evaluate import eval_prompts  # noqa: E402
+from echo_core.toy.scorer import object_presence  # noqa: E402
+
+
+def test_an_oracle_model_continues_the_rendered_scene_exactly(monkeypatch):
+    bundle = load_toy_model()
+    spec = eval_prompts(1, world=bundle.world)[0]
+    chunks, seed = 3, 7
+    truth, _ = toy_continuation.rendered(bundle, spec, chunks, seed)
+    seen_context: list[int] = []
+
+    def oracle(model, x, t, texts, ids, positions, mask):
+        n = x.shape[2]
+        k = n // BLOCK - 1  # the chunk being sampled (its past is never cut at 3 chunks)
+        assert torch.equal(x[:, :, :-BLOCK], truth[:, :, :BLOCK * k])  # the past is the rendered scene
+        assert bool((t[0, :-BLOCK] == 0).all()) and bool(mask[0, 0, -1].all())  # clean, and all of it visible
+        seen_context.append(n - BLOCK)
+        sigma = t[0, -1] / 1000.0
+        v = torch.zeros_like(x)
+        v[:, :, -BLOCK:] = (x[:, :, -BLOCK:] - truth[:, :, BLOCK * k:BLOCK * (k + 1)]) / sigma
+        return v
+
+    monkeypatch.setattr(toy_continuation, "window_forward", oracle)
+    frames = toy_continuation.teacher_forced(bundle, spec, chunks, seed)
+    assert sorted(set(seen_context)) == [0, BLOCK, 2 * BLOCK]
+    expected = toy_continuation.decode(bundle, truth)
+    assert torch.allclose(frames, expected, atol=1e-4)
+    assert toy_continuation.per_chunk(object_presence(frames, spec).all(1), BLOCK, chunks) == \
+        toy_continuation.per_chunk(object_presence(expected, spec).all(1), BLOCK, chunks)
+    assert float(object_presence(expected, spec).all(1).float().mean()) >= 0.5  # and the comparison is not 0 == 0
