@@ -72,6 +72,14 @@ class SamplerConfig:
         few-step models). Models sampled otherwise override this (the toy model's ODE steps, toy/sampling.py)."""
         return draw()
 
+    def chunk_start(self, noise: torch.Tensor, previous: torch.Tensor | None,
+                    continues: bool) -> tuple[torch.Tensor, list[float]]:
+        """A chunk's first input and the timesteps it is denoised over: Self-Forcing starts every chunk from pure
+        noise over every step. `previous` is the chunk before it (clean x0, or None at the start of a video);
+        `continues` says whether this chunk carries on the picture before it (not a hard cut or a recall). Models
+        sampled otherwise override this (the toy model's warm start, toy/sampling.py)."""
+        return noise, self.timesteps()
+
     def timesteps(self) -> list[float]:
         """The timesteps actually used, after Self-Forcing's warp through the shifted 1000-step table."""
         if not self.warp_denoising_step:
@@ -175,6 +183,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
         return v_empty + config.guidance * (v - v_empty)
 
     frame = 0
+    previous: torch.Tensor | None = None  # the last finished chunk (a warm start begins from it)
     if start_latents is not None:
         if start_latents.ndim != 5 or tuple(start_latents.shape[1:2]) + tuple(start_latents.shape[3:]) != (c, h, w):
             raise ValueError(f"start_latents must be [B, {c}, F, {h}, {w}], got {tuple(start_latents.shape)}")
@@ -185,6 +194,7 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
             run(part, config.context_noise, CallInfo(len(timesteps), True), text_of(0), info.index)
             cache.end_chunk()
         frame = start_latents.shape[2]
+        previous = start_latents[:, :, -fpc:].to(device).float()
 
     chunk = 0
     while True:
@@ -206,9 +216,10 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
         cache.begin_chunk(info)
         text = text_of(scene)
         shape = (batch, c, fpc, h, w)
-        x = _draw(noise, shape, device)
+        continues = previous is not None and _continues(plan, chunk, opens)
+        x, steps = config.chunk_start(_draw(noise, shape, device), previous, continues)
         x0 = x
-        for step, t in enumerate(timesteps):
+        for step, t in enumerate(steps):
             if on_step is not None:
                 on_step(chunk, step)
             v = run(x, t, CallInfo(step, False), text, chunk)
@@ -216,20 +227,30 @@ def generate(model: CausalModel, cache: CachePolicy, contexts: Sequence[torch.Te
             x0 = x.float() - sigma * v
             if on_x0 is not None:
                 on_x0(chunk, step, x0)
-            if step + 1 < len(timesteps):
-                nxt = timesteps[step + 1] / config.num_train_timesteps
-                target = config.renoise_target(x0, v, timesteps[step + 1],
+            if step + 1 < len(steps):
+                nxt = steps[step + 1] / config.num_train_timesteps
+                target = config.renoise_target(x0, v, steps[step + 1],
                                                lambda: _draw(noise, shape, device))  # type: ignore[misc]
                 x = (1 - nxt) * x0 + nxt * target
         if on_step is not None:
-            on_step(chunk, len(timesteps))
-        run(x0, config.context_noise, CallInfo(len(timesteps), True), text, chunk)
+            on_step(chunk, len(steps))
+        run(x0, config.context_noise, CallInfo(len(steps), True), text, chunk)
+        previous = x0
         report = cache.end_chunk()
         report.setdefault("context_bytes", cache.context_nbytes())  # the model's rotated context (hot path)
         report.update(chunk=chunk, scene=scene, start_frame=frame, wall_s=time.perf_counter() - t0)
         yield ChunkResult(chunk, x0, info, report)
         frame += fpc
         chunk += 1
+
+
+def _continues(plan: ScenePlan, chunk: int, opens: bool) -> bool:
+    """Whether `chunk` carries on the picture before it: inside a scene, or entering one by a smooth switch
+    (not a hard cut or a recall). TransitionMode is a str enum, so it compares equal to its value."""
+    if not opens:
+        return True
+    transition = plan.transitions[plan.scene_of(chunk) - 1]
+    return getattr(transition, "mode", transition) == "smooth"
 
 
 def _draw(noise: NoiseSource, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:

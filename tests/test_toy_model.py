@@ -19,6 +19,7 @@ from echo_core.toy.data import (
     Segment,
     _Builder,
     details_from_noise,
+    fit_frames,
     new_scene,
     object_mask,
     render_segment,
@@ -331,6 +332,28 @@ def test_teacher_forcing_trains_and_is_recorded_in_the_weights(tmp_path):
         train(["--out", str(tmp_path / "x"), "--context", "noisy"] + common)
 
 
+def test_channel_weights_follow_the_codec_and_pixel_weights_give_the_decoded_pixels_error():
+    from echo_core.toy.train import channel_weights
+
+    codec = ToyCodec.fit(fit_frames(np.random.default_rng(0), 64, 48))
+    assert channel_weights(codec, "uniform") is None
+    for kind in ("std", "pixel"):
+        w = channel_weights(codec, kind).flatten()
+        assert w.shape == (16,) and abs(float(w.mean()) - 1) < 1e-5
+        assert bool((w[:-1] >= w[1:]).all()) and w[0] > 2  # principal components come in order of variance
+    # With pixel weights the latent loss is the decoded pixels' squared error (the codec is orthonormal + scaled).
+    a = codec.encode_images(torch.rand(2, 3, 48, 48))
+    b = a + 0.3 * torch.randn_like(a)
+    w = channel_weights(codec, "pixel").view(1, -1, 1, 1)
+    latent = ((a - b).pow(2) * w).sum()
+
+    def pixels(z: torch.Tensor) -> torch.Tensor:  # the decoder without its mean and clamp (a linear map)
+        return (z.permute(0, 2, 3, 1) * codec.latent_std) @ codec.basis
+
+    pixel = (pixels(a) - pixels(b)).pow(2).sum()
+    assert torch.allclose(latent * (codec.latent_std ** 2).mean(), pixel, rtol=1e-3)
+
+
 def test_a_time_budget_plans_the_run_length_and_records_it(tmp_path):
     """--time-budget times the first steps and lowers --steps so the cool-down ends in time; a budget nothing fits
     in leaves the timed steps only, and the weights say how many steps they had."""
@@ -401,6 +424,11 @@ def test_prompt_dropout_blanks_whole_prompts_and_guidance_needs_it(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- shipped model
+# Recipe options added after the shipped weights were trained, at the values that reproduce them (session 8:
+# diffusion forcing, uniform channel weights, no warm start).
+RECIPE_ADDED_SINCE = {"context": "diffusion", "channel_weight": "uniform", "warm_start": 0.0}
+
+
 def test_shipped_weights_are_small_and_load_as_a_causal_wan_checkpoint(bundle):
     files = list(WEIGHTS.glob("*.safetensors"))
     assert {f.name for f in files} >= {"toy_dit.safetensors", "toy_assets.safetensors"}
@@ -427,8 +455,7 @@ def test_shipped_weights_come_from_the_default_training_command(bundle):
     with safe_open(str(WEIGHTS / "toy_dit.safetensors"), "pt") as f:
         meta = f.metadata()
     # weights from before world v2 record no world / data mode: the loader reads them as v1 / layouts
-    # (nor a context mode, added in session 8: they were trained by diffusion forcing)
-    recorded = {"world": "v1", "data_mode": "layouts", "context": "diffusion", **json.loads(meta["toy.train_config"])}
+    recorded = {"world": "v1", "data_mode": "layouts", **RECIPE_ADDED_SINCE, **json.loads(meta["toy.train_config"])}
     assert recorded == dataclasses.asdict(TrainConfig())
     assert (bundle.world, bundle.data_mode) == (recorded["world"], recorded["data_mode"])
     assert int(meta["toy.train_steps"]) == TrainConfig().steps
@@ -454,7 +481,8 @@ def test_training_free_weights_differ_from_the_demo_model_only_in_their_data():
     with safe_open(str(TRAINING_FREE_DIR / "toy_dit.safetensors"), "pt") as f:
         meta = f.metadata()
     recipe = dataclasses.replace(TrainConfig(), data_mode="self_forcing")
-    assert {"context": "diffusion", **json.loads(meta["toy.train_config"])} == dataclasses.asdict(recipe)
+    recorded = {**RECIPE_ADDED_SINCE, **json.loads(meta["toy.train_config"])}
+    assert recorded == dataclasses.asdict(recipe)
     assert int(meta["toy.train_steps"]) == recipe.steps
     free = load_toy_model(TRAINING_FREE_DIR)
     assert (free.world, free.data_mode) == ("v1", "self_forcing")

@@ -208,7 +208,10 @@ def opening_blocks(rng: np.random.Generator, count: int, text_encoder, size: int
     return Openings(segments, torch.stack(noises), torch.stack(texts))
 
 
-DETAILS = ("noise", "random", "landmarks")
+DETAILS = ("noise", "random", "landmarks", "anchored")
+# Object starts (fractions of the frame) with details="anchored", by object count: apart by more than the widest
+# world-v2 shapes (2 tokens), on either diagonal side of the centre.
+ANCHORS: dict[int, tuple[tuple[float, float], ...]] = {1: ((0.5, 0.5),), 2: ((0.3, 0.35), (0.7, 0.65))}
 _START_TRIES = 16
 
 
@@ -233,7 +236,9 @@ def new_scene(rng: np.random.Generator, spec: SceneSpec, size: int,
     details: "noise" - landmarks and object copies read from the seed noise (the shipped recipe); "random" -
     drawn at random, no seed noise, one start per object (plain flow matching, sampled with the ODE);
     "landmarks" - landmarks read from the seed noise, one random start per object (flow matching in which the
-    noise-to-landmark coupling holds at every noise level, so the ODE keeps it)."""
+    noise-to-landmark coupling holds at every noise level, so the ODE keeps it); "anchored" - the same
+    landmarks, objects starting at fixed spots (`ANCHORS`), so a scene's first frame is one image per prompt
+    and seed noise rather than a spread of layouts the model must choose among from pure noise."""
     if details not in DETAILS:
         raise ValueError(f"details must be one of {', '.join(DETAILS)}, got {details!r}")
     noise = _noise(rng, size) if details != "random" else None
@@ -244,6 +249,10 @@ def new_scene(rng: np.random.Generator, spec: SceneSpec, size: int,
         landmarks = details_from_noise(spec, noise, size).background.landmarks
     else:
         landmarks = background_details(int(rng.integers(2**31))).landmarks
+    if details == "anchored":
+        starts = tuple((x * size, y * size) for x, y in ANCHORS[len(spec.objects)])
+        return Segment(spec, BackgroundDetails(PHASE, True, landmarks), starts,
+                       (BOUNCE_DIRECTION,) * len(starts)), noise
     lo, hi = 1.1 * geo.radius, size - 1.1 * geo.radius
     starts = tuple((float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))) for _ in spec.objects)
     for _ in range(_START_TRIES if _overlap_matters(spec) else 0):  # world v2: start apart, as the world does

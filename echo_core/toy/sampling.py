@@ -25,9 +25,18 @@ class ToySamplerConfig(SamplerConfig):
     # "ode" only: re-noise to timesteps below this one with fresh noise. The ODE commits the layout at high noise;
     # fresh-noise steps at low noise pull an imperfect model's output back onto clean images (SDEdit-style).
     fresh_below: float = 0.0
+    # Warm start (0 = off): a chunk that carries on the picture before it (not a scene's first chunk after a hard
+    # cut or a recall) starts from the previous chunk's last frame, noised to the first timestep at or below this
+    # one, and takes only the steps from there. This model continues a scene well from moderate noise but
+    # poorly from pure noise, where its prediction blurs a moving object along its path (MODEL_CARD.md, session 8).
+    warm_start: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 <= self.warm_start <= self.num_train_timesteps:
+            raise ValueError(f"warm_start must lie in [0, {self.num_train_timesteps}], got {self.warm_start}")
+        if self.warm_start and not any(t <= self.warm_start for t in self.timesteps()):
+            raise ValueError(f"warm_start {self.warm_start:g} lies below every denoising step {self.timesteps()}")
         if self.renoise not in RENOISE_MODES:
             raise ValueError(f"renoise must be one of {', '.join(RENOISE_MODES)}, got {self.renoise!r}")
         if not 0 <= self.fresh_below <= self.num_train_timesteps:
@@ -43,3 +52,13 @@ class ToySamplerConfig(SamplerConfig):
         if self.eta > 0:
             return (1 - self.eta ** 2) ** 0.5 * predicted + self.eta * draw()
         return predicted
+
+    def chunk_start(self, noise: torch.Tensor, previous: torch.Tensor | None,
+                    continues: bool) -> tuple[torch.Tensor, list[float]]:
+        steps = self.timesteps()
+        if not self.warm_start or not continues or previous is None:
+            return noise, steps
+        steps = [t for t in steps if t <= self.warm_start]
+        sigma = steps[0] / self.num_train_timesteps
+        last = previous[:, :, -1:].to(noise.device, noise.dtype).expand_as(noise)
+        return (1 - sigma) * last + sigma * noise, steps

@@ -48,6 +48,7 @@ LOG_FILE = "train_log.jsonl"
 STATE_FILE = "train_state.pt"
 CPU = torch.device("cpu")
 CONTEXTS = ("diffusion", "clean")
+CHANNEL_WEIGHTS = ("uniform", "std", "pixel")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class TrainConfig:
     p_uncond: float = 0.1  # share of prompts replaced by the empty prompt, so the sampler can use guidance
     guidance: float = 1.0  # classifier-free guidance scale the weights are sampled with (needs p_uncond > 0)
     guidance_above: float = 0.0  # ... on the denoising steps above this timestep only
+    warm_start: float = 0.0  # sampler: continuation chunks start from the last frame at this timestep (0 = off)
     # Curriculum: the first steps train only scene openings of one still object on a plain background (twice as
     # many), where the shape word is the one thing left to learn; in the full mixture it stays unread (MODEL_CARD).
     shape_warmup: int = 0
@@ -94,6 +96,8 @@ class TrainConfig:
     # of them clean), the shipped weights'. "clean": teacher forcing, every block is trained on a clean copy of
     # the blocks before it, as the sampler's cache always presents them (the window runs twice: 2x tokens).
     context: str = "diffusion"
+    # Loss weight of the latent channels (channel_weights): "uniform" (the shipped weights'), "std" or "pixel".
+    channel_weight: str = "uniform"
 
 
 def save_assets(path: Path, codec: ToyCodec, text: ToyTextEncoder, cfg: TrainConfig) -> None:
@@ -122,6 +126,21 @@ def noise_levels(blocks: torch.Tensor, memory: torch.Tensor, cfg: TrainConfig, g
     return torch.where(memory, torch.zeros_like(s), s)
 
 
+def channel_weights(codec: ToyCodec, kind: str) -> torch.Tensor | None:
+    """[1, C, 1, 1, 1] loss weights of the latent channels, mean 1 (None for "uniform").
+
+    The codec's channels are principal components scaled to unit variance, so a uniform loss gives each the same
+    weight although the first three (a patch's mean colour) carry about 90% of the pixel variance: a small model
+    then spends most of its capacity on edge detail while its colours drift. "pixel" weights each channel by its
+    pixel-space variance (the loss becomes the decoded pixels' squared error), "std" by its standard deviation,
+    between the two."""
+    if kind == "uniform":
+        return None
+    std = codec.latent_std.flatten().float()
+    w = std ** 2 if kind == "pixel" else std
+    return (w / w.mean()).view(1, -1, 1, 1, 1)
+
+
 def teacher_forcing_mask(blocks: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     """[B, F] block ids -> [B, 1, 2N, 2N] bool for a window laid out twice, clean copy first: a clean token sees
     the clean tokens of its own and earlier blocks; a noisy token sees its own block's noisy tokens and the clean
@@ -136,12 +155,12 @@ def teacher_forcing_mask(blocks: torch.Tensor, tokens_per_frame: int) -> torch.T
 def sampler_for(cfg: TrainConfig) -> ToySamplerConfig:
     """The sampler the weights are made for, stored in their metadata (read by loader.load_toy_model)."""
     if cfg.details == "noise":  # fresh noise between steps; the first step (t = 1000) commits to the seeded layout
-        return replace(SAMPLER, guidance=cfg.guidance, guidance_above=cfg.guidance_above)
+        return replace(SAMPLER, guidance=cfg.guidance, guidance_above=cfg.guidance_above, warm_start=cfg.warm_start)
     # Euler steps of the flow ODE: a mean-squared-error model samples multimodal layouts only along the ODE.
     # Below t = 400 fresh noise: it pulls an imperfect model's output back onto clean images (best of 0-600 tried).
     return ToySamplerConfig(denoising_steps=tuple(1000.0 * (12 - i) / 12 for i in range(12)), shift=2.0,
                          renoise="ode", fresh_below=400.0, frames_per_chunk=3, guidance=cfg.guidance,
-                         guidance_above=cfg.guidance_above)
+                         guidance_above=cfg.guidance_above, warm_start=cfg.warm_start)
 
 
 def drop_prompts(texts: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
@@ -165,8 +184,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (1 - (1 - cfg.final_lr_frac) * frac)
 
 
-def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generator,
-               device: torch.device = CPU) -> tuple[torch.Tensor, dict]:
+def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generator, device: torch.device = CPU,
+               channels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     x0 = batch.latents
     s = noise_levels(batch.blocks, batch.memory, cfg, g)  # [B, F]
     eps = torch.randn(x0.shape, generator=g)
@@ -182,7 +201,7 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
     # t = 1000 on an opening block means "read the seed noise": never pair it with unrelated noise.
     s = torch.where(batch.seeded & ~seeded & (s == 1), torch.full_like(s, 0.97), s)
     s = torch.where(seeded, torch.ones_like(s), s)
-    if cfg.details == "landmarks":  # the coupling of noise and landmarks holds at every noise level
+    if cfg.details in ("landmarks", "anchored"):  # the coupling of noise and landmarks holds at every noise level
         seeded = batch.seeded
     eps = torch.where(seeded[:, None, :, None, None], batch.seed_noise, eps)
     sv = s[:, None, :, None, None]
@@ -217,7 +236,10 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
                           mask.to(device))[:, :, -x0.shape[2]:]
     weight = ((s > 0) & batch.valid & ~batch.memory).float().to(device)  # [B, F]
     cell = 1 + (cfg.object_weight - 1) * dilate(batch.objects, cfg.object_margin)[:, None].to(device)  # [B,1,F,h,w]
-    err = ((pred - (eps - x0).to(device)).pow(2) * cell).mean(dim=(1, 3, 4)) / cell.mean(dim=(1, 3, 4))  # [B, F]
+    sq = (pred - (eps - x0).to(device)).pow(2)
+    if channels is not None:
+        sq = sq * channels.to(device)
+    err = (sq * cell).mean(dim=(1, 3, 4)) / cell.mean(dim=(1, 3, 4))  # [B, F]
     loss = (err * weight).sum() / weight.sum().clamp_min(1)
     per_kind: dict[str, list[float]] = {}
     per_window = ((err.detach() * weight).sum(1) / weight.sum(1).clamp_min(1)).tolist()
@@ -228,7 +250,7 @@ def train_step(model: CausalWanModel, batch, cfg: TrainConfig, g: torch.Generato
 
 
 def opening_loss(model: CausalWanModel, openings: OpeningTargets, cfg: TrainConfig, g: torch.Generator,
-                 device: torch.device = CPU) -> torch.Tensor:
+                 device: torch.device = CPU, channels: torch.Tensor | None = None) -> torch.Tensor:
     """Context-free scene openings. Seeded: the first denoising step of a new scene, from its seed noise alone
     (t = 1000) to the scene it implies. Otherwise plain flow matching at a random noise level.
     Object pixels weigh OBJECT_WEIGHT times more (train_data.py): they are a few percent of the frame."""
@@ -245,7 +267,10 @@ def opening_loss(model: CausalWanModel, openings: OpeningTargets, cfg: TrainConf
     pred = model.forward_sequence(xt.to(device), t.to(device), texts.to(device),
                                   block_causal_mask(frames, tokens, frames).to(device))
     weight = openings.weight.to(device)
-    return ((pred - (noise - x0).to(device)).pow(2) * weight).mean() / weight.mean()
+    sq = (pred - (noise - x0).to(device)).pow(2)
+    if channels is not None:
+        sq = sq * channels.to(device)
+    return (sq * weight).mean() / weight.mean()
 
 
 def write_loss_png(log: Path, png: Path, width: int = 480, height: int = 220) -> None:
@@ -290,6 +315,8 @@ _RECIPE_OPTIONS: tuple[tuple[str, str | None], ...] = (
     ("--guidance", "guidance scale written into the weights' sampler settings (needs --p-uncond > 0)"),
     ("--guidance-above", "guide only the denoising steps above this timestep (written into the sampler settings)"),
     ("--shape-warmup", "first steps on scene openings of one still object on a plain background only"),
+    ("--warm-start", "sampler: a chunk continuing the picture starts from the last frame, noised to this timestep "
+                     "(0: off; written into the weights' sampler settings)"),
 )
 
 
@@ -304,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         default = getattr(TrainConfig, _field(flag))
         p.add_argument(flag, type=type(default), default=default, help=help_)
     p.add_argument("--details", choices=DETAILS, default=TrainConfig.details,
-                   help="landmarks: flow matching, landmarks read from the seed noise (default); random: flow "
-                        "matching, every detail at random; noise: every detail read from the seed noise")
+                   help="landmarks: flow matching, landmarks read from the seed noise (default); anchored: the same, "
+                        "objects starting at fixed spots; random: flow matching, every detail at random; noise: every "
+                        "detail read from the seed noise")
     p.add_argument("--world", choices=tuple(WORLDS), default=TrainConfig.world,
                    help="toy world the data is drawn from: v1 (the shipped weights', default) or v2 "
                         "(token-scale shapes)")
@@ -315,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", choices=CONTEXTS, default=TrainConfig.context,
                    help="diffusion: every block at its own noise level, some clean (the shipped weights', default); "
                         "clean: every block trained on a clean copy of its past, as the sampler presents it")
+    p.add_argument("--channel-weight", choices=CHANNEL_WEIGHTS, default=TrainConfig.channel_weight,
+                   help="loss weight of the codec's latent channels: uniform (the shipped weights', default), std "
+                        "(by each channel's standard deviation) or pixel (its variance: the decoded pixels' error)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (results depend on it slightly: the shipped weights used 2)")
     p.add_argument("--device", default="cpu",
@@ -338,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     device = _device(args.device)
     recipe = {_field(flag): getattr(args, _field(flag)) for flag, _ in _RECIPE_OPTIONS}
     cfg = TrainConfig(details=args.details, world=args.world, data_mode=args.data_mode, context=args.context,
-                      **recipe)
+                      channel_weight=args.channel_weight, **recipe)
     if cfg.object_margin < 0:
         sys.exit(f"error: --object-margin must be >= 0 latent cells, got {cfg.object_margin}")
     if cfg.shape_warmup < 0:
@@ -387,6 +418,7 @@ def _train(cfg: TrainConfig, args: argparse.Namespace, device: torch.device) -> 
     text = ToyTextEncoder.create(seed=cfg.seed)
     save_assets(out / ASSETS_FILE, codec, text, cfg)
 
+    channels = channel_weights(codec, cfg.channel_weight)
     wcfg = get_preset("toy")
     torch.manual_seed(cfg.seed)
     model = CausalWanModel(wcfg)
@@ -418,11 +450,11 @@ def _train(cfg: TrainConfig, args: argparse.Namespace, device: torch.device) -> 
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         if data.batch is None:  # shape warm-up: scene openings only
-            loss = opening_loss(model, data.openings, cfg, g, device)
+            loss = opening_loss(model, data.openings, cfg, g, device, channels)
             per_kind = {"shape": [float(loss.detach())]}
         else:
-            loss, per_kind = train_step(model, data.batch, cfg, g, device)
-            first = opening_loss(model, data.openings, cfg, g, device)
+            loss, per_kind = train_step(model, data.batch, cfg, g, device, channels)
+            first = opening_loss(model, data.openings, cfg, g, device, channels)
             per_kind["opening"] = [float(first.detach())]
             loss = loss + first
         opt.zero_grad(set_to_none=True)
