@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from echo_core.toy.scorer import object_presence  # noqa: E402
 from echo_core.toy.seqforward import window_forward, window_mask  # noqa: E402
 
 SEED = 1000  # the evaluation's single-scene seeds
+SETTABLE = ("warm_start", "guidance", "guidance_above")  # sampler settings --set may override
 
 
 def rendered(bundle: ToyBundle, spec: SceneSpec, chunks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -54,20 +56,28 @@ def teacher_forced(bundle: ToyBundle, spec: SceneSpec, chunks: int, seed: int) -
     past, seed_noise = rendered(bundle, spec, chunks, seed)
     text = bundle.text_encoder.encode_prompts([describe(spec)])[0].reshape(1, 1, -1, bundle.text_encoder.text_dim)
     cfg, g = bundle.sampler_config, torch.Generator().manual_seed(seed)
-    steps = cfg.timesteps()
     tokens = (past.shape[-1] // 2) * (past.shape[-2] // 2)
     out = []
     for k in range(chunks):
         ctx = past[:, :, max(0, BLOCK * k - (WINDOW - BLOCK)):BLOCK * k]
         n = ctx.shape[2] + BLOCK
-        blocks = (torch.arange(n) // BLOCK)[None]
-        x = torch.randn((1, past.shape[1], BLOCK, *past.shape[3:]), generator=g)
-        if k == 0 and seed_noise is not None:
-            x = seed_noise[None].clone()  # the scene's landmarks follow its first block's noise
-        for i, t in enumerate(steps):
+        mask = window_mask((torch.arange(n) // BLOCK)[None], tokens)
+        ids, positions = torch.zeros(1, n, dtype=torch.long), torch.arange(n)[None]
+
+        def velocity(x: torch.Tensor, t: float, prompt: torch.Tensor) -> torch.Tensor:
             tt = torch.cat([torch.zeros(ctx.shape[2]), torch.full((BLOCK,), t)])[None]
-            v = window_forward(bundle.model, torch.cat([ctx, x], 2), tt, text, torch.zeros(1, n, dtype=torch.long),
-                               torch.arange(n)[None], window_mask(blocks, tokens))[:, :, -BLOCK:]
+            return window_forward(bundle.model, torch.cat([ctx, x], 2), tt, prompt, ids, positions, mask)[:, :, -BLOCK:]
+
+        noise = torch.randn((1, past.shape[1], BLOCK, *past.shape[3:]), generator=g)
+        if k == 0 and seed_noise is not None:
+            noise = seed_noise[None].clone()  # the scene's landmarks follow its first block's noise
+        # as the sampler starts a chunk (the toy sampler's warm start continues from the last frame before it)
+        x, steps = cfg.chunk_start(noise, ctx[:, :, -BLOCK:] if k else None, continues=k > 0)
+        for i, t in enumerate(steps):
+            v = velocity(x, t, text)
+            if cfg.guidance != 1 and t > cfg.guidance_above:  # as sampler.generate guides: the empty prompt
+                v_empty = velocity(x, t, torch.zeros_like(text))
+                v = v_empty + cfg.guidance * (v - v_empty)
             x0 = x - t / cfg.num_train_timesteps * v
             if i + 1 < len(steps):
                 nxt = steps[i + 1]
@@ -110,14 +120,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--chunks", type=int, default=10)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help=f"override a sampler setting of the weights, one of {', '.join(SETTABLE)} (repeatable)")
     args = p.parse_args(argv)
     if args.prompts < 1 or args.chunks < 2:
         p.error("--prompts must be >= 1 and --chunks >= 2")
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in SETTABLE or not value:
+            p.error(f"--set {item!r}: use FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            p.error(f"--set {item!r}: {value!r} is not a number")
     torch.manual_seed(0)
     results = {}
     for w in args.weights:
         print(f"== {w}", flush=True)
-        results[str(w)] = probe(load_toy_model(w), args.prompts, args.chunks)
+        bundle = load_toy_model(w)
+        try:
+            bundle = replace(bundle, sampler_config=replace(bundle.sampler_config, **overrides))
+        except ValueError as e:
+            p.error(f"--set: {e}")
+        results[str(w)] = {**probe(bundle, args.prompts, args.chunks), "sampler_overrides": overrides}
         r = results[str(w)]
         print(f"   free {r['free_mean']:.3f}, teacher-forced {r['teacher_forced_mean']:.3f} "
               f"(after the first chunk {r['teacher_forced_after_first_chunk']:.3f}), rendered {r['rendered_mean']:.3f}",
