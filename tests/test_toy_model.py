@@ -553,8 +553,16 @@ def test_evaluate_json_prints_one_object_naming_the_world(capsys):
     summary = json.loads(out[0])
     assert 0.0 <= summary["scene_accuracy"] <= 1.0 and summary["scene_accuracy"] == summary["single_scene_accuracy"]
     assert summary["world"] == "v1" and summary["data_mode"] == "layouts"  # the shipped weights predate world v2
+    assert summary["sampler_overrides"] == {}
     with pytest.raises(SystemExit):
         evaluate_main(["--json", "--prompts", "0"])
+    evaluate_main(["--json", "--prompts", "1", "--long-runs", "0", "--seconds", "1", "--warm-start", "700",
+                   "--guidance", "3", "--guidance-above", "700"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert summary["sampler_overrides"] == {"warm_start": 700.0, "guidance": 3.0, "guidance_above": 700.0}
+    with pytest.raises(SystemExit):  # a warm start below every denoising step is refused, naming the setting
+        evaluate_main(["--json", "--prompts", "1", "--warm-start", "50"])
+    assert "warm_start" in capsys.readouterr().err
 
 
 def test_self_forcing_data_has_no_echo_layouts_and_no_position_jumps():

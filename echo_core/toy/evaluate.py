@@ -171,14 +171,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--json", action="store_true", help="print only the summary, as one JSON object")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each single-scene run")
+    p.add_argument("--warm-start", type=float, default=None,
+                   help="sample with this warm start instead of the weights' own (timestep; 0 = off)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance instead of the weights'")
+    p.add_argument("--guidance-above", type=float, default=None, help="guide only the steps above this timestep")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     bundle = load_toy_model(args.weights)
+    overrides = {k: v for k, v in (("warm_start", args.warm_start), ("guidance", args.guidance),
+                                   ("guidance_above", args.guidance_above)) if v is not None}
+    try:
+        bundle = replace(bundle, sampler_config=replace(bundle.sampler_config, **overrides))
+    except ValueError as e:
+        p.error(f"sampler settings: {e}")
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     if args.prompts < 1 or args.long_runs < 0 or not args.seconds > 0:
         p.error("--prompts must be >= 1, --long-runs >= 0 and --seconds > 0")
     res = evaluate(bundle, prompts=args.prompts, long_runs=args.long_runs, policy=args.policy,
                    seconds=args.seconds, log=log)
+    res["sampler_overrides"] = overrides
     summary = {k: v for k, v in res.items() if k not in ("singles", "long_runs")}
     print(json.dumps(summary))
     if args.out is not None:
