@@ -11,7 +11,10 @@ margin around them weighted 8x, objects in clean context faded at random (the mo
 rather than let them fade in a rollout) and 10% of prompts dropped (classifier-free guidance is available).
 `--details noise` is the earlier recipe: every unprompted detail read from the noise, sampled with fresh noise.
 Everything is seeded (data per step, noise per step, init), so a run with the same arguments and thread count
-gives the same weights.
+gives the same weights. `--device cuda --workers N` trains on a GPU from the same data and noise (each step's data
+made from its number in worker processes, train_data.py; noise drawn on the CPU); `--time-budget` fits the run to a
+device lease. Session 8's options (`--context clean`, `--channel-weight`, `--details anchored`, `--warm-start`)
+are described with their measurements in MODEL_CARD.md.
 
 Writes into --out: toy_dit.safetensors (EMA weights, Wan key names, config in metadata), toy_assets.safetensors
 (codec + text encoder), train_log.jsonl (loss curve) and train_state.pt (for --resume).
