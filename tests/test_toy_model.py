@@ -554,6 +554,7 @@ def test_evaluate_json_prints_one_object_naming_the_world(capsys):
     assert 0.0 <= summary["scene_accuracy"] <= 1.0 and summary["scene_accuracy"] == summary["single_scene_accuracy"]
     assert summary["world"] == "v1" and summary["data_mode"] == "layouts"  # the shipped weights predate world v2
     assert summary["sampler_overrides"] == {}
+    assert 0.0 <= summary["motion_accuracy"] <= 1.0
     with pytest.raises(SystemExit):
         evaluate_main(["--json", "--prompts", "0"])
     evaluate_main(["--json", "--prompts", "1", "--long-runs", "0", "--seconds", "1", "--warm-start", "700",

@@ -5,6 +5,8 @@
   an object added or dropped) and random scenes, and must see every prompted object, so a frame only counts if
   the details the prompt names are right;
 * a 2-minute run must not collapse: accuracy over its last 30 s within 10 points of its first 30 s.
+Reported beside the bar: background and object presence, and motion (each object's motion word read back from
+its track by `scorer.motion_of` over the whole clip, against the prompted one).
 Prompts and seeds are drawn from fixed generators, disjoint from the demo's and the tests' prompts.
 """
 
@@ -33,7 +35,7 @@ from echo_core.toy.grammar import (
 )
 from echo_core.toy.loader import ToyBundle, load_toy_model
 from echo_core.toy.run import render_timeline
-from echo_core.toy.scorer import identify_scene, object_presence
+from echo_core.toy.scorer import identify_scene, motion_of, object_presence
 
 EVAL_SEED = 20_240_611
 
@@ -119,10 +121,13 @@ def single_scene(bundle: ToyBundle, spec: SceneSpec, *, seconds: float, seed: in
     ok = scene_accuracy(frames, spec, rng).float()
     background = float(background_accuracy(frames, spec).float().mean())
     objects = float(object_presence(frames, spec).float().mean())
+    # Each object's motion word read back from its track (the best-matching position per frame, whole clip).
+    moved = [m == o.motion for m, o in zip(motion_of(frames, spec, fps=bundle.fps), spec.objects)]
     per_30s = [round(float(ok[i:i + 30 * bundle.fps].mean()), 4) for i in range(0, len(ok), 30 * bundle.fps)]
     return {"prompt": describe(spec), "seconds": seconds, "frames": int(ok.numel()),
             "accuracy": round(float(ok.mean()), 4), "accuracy_per_30s": per_30s,
             "background_accuracy": round(background, 4), "object_presence": round(objects, 4),
+            "motion_correct": round(sum(moved) / len(moved), 4),
             "first_30s": per_30s[0], "last_30s": round(float(ok[-30 * bundle.fps:].mean()), 4),
             "generate_s": round(gen_s, 1), "chunk_s": round(report["s_per_chunk"], 3)}
 
@@ -135,7 +140,7 @@ def evaluate(bundle: ToyBundle, *, prompts: int = 8, long_runs: int = 1, policy:
     for i, spec in enumerate(specs[:prompts]):
         r = single_scene(bundle, spec, seconds=seconds, seed=1000 + i, policy=policy, rng=rng)
         log(f"single {i + 1}/{prompts}: scene {r['accuracy']:.3f}, background {r['background_accuracy']:.3f}, "
-            f"objects present {r['object_presence']:.3f}  {r['prompt']}")
+            f"objects present {r['object_presence']:.3f}, motion {r['motion_correct']:.2f}  {r['prompt']}")
         singles.append(r)
     longs = []
     for i, spec in enumerate(specs[prompts:]):
@@ -155,6 +160,8 @@ def evaluate(bundle: ToyBundle, *, prompts: int = 8, long_runs: int = 1, policy:
         "background_accuracy": round(float(np.mean([r["background_accuracy"] for r in singles])), 4) if singles
         else None,
         "object_presence": round(float(np.mean([r["object_presence"] for r in singles])), 4) if singles else None,
+        # share of prompted objects whose read-back motion word is the prompted one (not part of the bar)
+        "motion_accuracy": round(float(np.mean([r["motion_correct"] for r in singles])), 4) if singles else None,
         "single_scene_pass": bool(mean_single >= 0.9),
         "long_run_pass": all(r["drop"] <= 0.10 for r in longs),
         "singles": singles,
