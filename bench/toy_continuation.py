@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {w}", flush=True)
         bundle = load_toy_model(w)
         try:
-            bundle = replace(bundle, sampler_config=replace(bundle.sampler_config, **overrides))
+            bundle = bundle.with_sampler(**overrides)
         except ValueError as e:
             p.error(f"--set: {e}")
         results[str(w)] = {**probe(bundle, args.prompts, args.chunks), "sampler_overrides": overrides}

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ def bundle(one_thread):
     from echo_core.toy import load_toy_model
 
     b = load_toy_model()
-    return replace(b, sampler_config=replace(b.sampler_config, denoising_steps=(1000.0, 500.0, 250.0)))
+    return b.with_sampler(denoising_steps=(1000.0, 500.0, 250.0))
 
 
 class _Recorder:

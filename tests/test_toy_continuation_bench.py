@@ -4,7 +4,6 @@ number on real weights says something about the weights and not about the probe.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,7 @@ from echo_core.toy.scorer import object_presence  # noqa: E402
 def test_an_oracle_model_continues_the_rendered_scene_exactly(monkeypatch, sampler):
     """Also through the warm start and guidance: the oracle's velocity ignores the prompt, so guidance leaves it
     as it is, and from any start the steps land on the truth."""
-    bundle = load_toy_model()
-    bundle = replace(bundle, sampler_config=replace(bundle.sampler_config, **sampler))
+    bundle = load_toy_model().with_sampler(**sampler)
     spec = eval_prompts(1, world=bundle.world)[0]
     chunks, seed = 3, 7
     truth, _ = toy_continuation.rendered(bundle, spec, chunks, seed)

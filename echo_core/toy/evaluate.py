@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("warm_start", args.warm_start), ("guidance", args.guidance),
                                    ("guidance_above", args.guidance_above)) if v is not None}
     try:
-        bundle = replace(bundle, sampler_config=replace(bundle.sampler_config, **overrides))
+        bundle = bundle.with_sampler(**overrides)
     except ValueError as e:
         p.error(f"sampler settings: {e}")
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))

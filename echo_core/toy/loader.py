@@ -8,7 +8,7 @@ too, and one trained only as Self-Forcing is, the subject of the benchmark's tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,6 +55,10 @@ class ToyBundle:
     @property
     def patch(self) -> tuple[int, int]:
         return tuple(self.model.cfg.patch_size[1:])  # type: ignore[return-value]
+
+    def with_sampler(self, **settings) -> "ToyBundle":
+        """The same model sampled with some settings changed (ValueError names a setting out of range)."""
+        return replace(self, sampler_config=replace(self.sampler_config, **settings))
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self.codec)
